@@ -1,0 +1,58 @@
+# The two commands: `make demo` (whole chain on the embedded data) and `make test`.
+# Every target sets up what it needs first (scripts/setup.sh is idempotent).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+DATA    ?= data
+RUN_DIR ?= runs/fashion-mnist
+STORE   ?= build/serve
+MODEL   ?= fashion-mnist
+CKPT    := $(RUN_DIR)/model.pt
+CONFIG  := $(STORE)/config/config.properties
+
+.PHONY: help setup demo test train evaluate archive serve stop status predict clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup:  ## install system packages (Java, Fashion-MNIST) and the virtualenv, if missing
+	@bash scripts/setup.sh
+
+demo: setup  ## train → evaluate → archive → serve → predict → metrics → stop
+	$(PY) -m scripts.demo --data-dir $(DATA) --run-dir $(RUN_DIR) --model-name $(MODEL)
+
+test: setup  ## run the test suite (unit + real TorchServe integration)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+train: setup  ## train the quick Fashion-MNIST recipe into $(RUN_DIR)
+	$(PY) -m model.train --data-dir $(DATA) --output-dir $(RUN_DIR) $(TRAIN_ARGS)
+
+evaluate: setup  ## evaluate $(CKPT) on the test split
+	$(PY) -m model.evaluate --checkpoint $(CKPT) --data-dir $(DATA)
+
+$(CKPT):
+	$(MAKE) train
+
+$(CONFIG): $(CKPT)
+	$(PY) -m scripts.archive --checkpoint $(CKPT) --model-name $(MODEL) --out $(STORE)
+
+archive: setup $(CKPT)  ## build $(STORE)/model-store/$(MODEL).mar and config.properties
+	$(PY) -m scripts.archive --checkpoint $(CKPT) --model-name $(MODEL) --out $(STORE)
+
+serve: setup $(CONFIG)  ## start TorchServe in the background; returns when workers are READY
+	$(PY) -m scripts.serve start --store $(STORE)
+
+stop: setup  ## stop the TorchServe started by `make serve`
+	$(PY) -m scripts.serve stop
+
+status: setup  ## is `make serve`'s TorchServe ready?
+	$(PY) -m scripts.serve status
+
+predict: setup  ## top-k for IMAGE=path through the running server
+	@test -n "$(IMAGE)" || { echo "usage: make predict IMAGE=path/to/image [MODEL=$(MODEL)]" >&2; exit 2; }
+	$(PY) -m scripts.predict --model $(MODEL) $(IMAGE)
+
+clean:  ## remove build outputs and runs (keeps the virtualenv and data)
+	rm -rf build runs

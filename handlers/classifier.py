@@ -1,0 +1,83 @@
+"""Transport-agnostic image classifier: bytes in, top-k out. Every runtime (TorchServe handler,
+KServe-native server, in-process benchmarks) wraps this class; it never sees HTTP."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from handlers.errors import InputError
+from handlers.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, bytes_to_tensor
+from handlers.spec import WEIGHTS_FILE, ModelSpec
+
+Result = dict | InputError  # per request: {label: probability} (best first) or the error
+
+
+def import_module_file(path: Path):
+    """Import a network's file shipped at the archive's top level, without touching sys.path."""
+    name = f"_archived_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import network file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class ImageClassifier:
+    def __init__(self, net: torch.nn.Module, spec: ModelSpec, device: str | torch.device = "cpu",
+                 max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.spec = spec
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str | torch.device = "cpu", **limits) -> "ImageClassifier":
+        """Load from a directory holding model_spec.json, weights.pt and the network's file
+        (an unpacked `.mar` or the archive step's staging directory)."""
+        model_dir = Path(model_dir)
+        spec = ModelSpec.load(model_dir)
+        module = import_module_file(model_dir / f"{spec.arch.module}.py")
+        net = getattr(module, spec.arch.cls)(**spec.arch.kwargs)
+        state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+        return cls(net, spec, device, **limits)
+
+    def preprocess(self, data: bytes | bytearray) -> torch.Tensor:
+        return bytes_to_tensor(data, self.spec.preprocess, self.max_bytes, self.max_pixels)
+
+    @torch.inference_mode()
+    def infer(self, batch: torch.Tensor) -> torch.Tensor:
+        """Normalized [N, C, H, W] → class probabilities [N, num_classes]."""
+        return torch.softmax(self.net(batch.to(self.device)).float(), dim=1).cpu()
+
+    def postprocess(self, probs: torch.Tensor, topk: int | None = None) -> list[dict]:
+        k = min(topk or self.spec.topk, len(self.spec.labels))
+        values, indices = probs.topk(k, dim=1)
+        return [{self.spec.labels[i]: round(float(p), 6) for p, i in zip(vs, ix)}
+                for vs, ix in zip(values.tolist(), indices.tolist())]
+
+    def predict(self, payloads: Sequence[bytes | bytearray | InputError],
+                topk: int | None = None) -> list[Result]:
+        """One result per payload, in order. A bad payload (or an InputError a transport already
+        raised while decoding the request) becomes that slot's error; the others still run."""
+        results: list[Result | None] = [None] * len(payloads)
+        good, tensors = [], []
+        for i, payload in enumerate(payloads):
+            try:
+                if isinstance(payload, InputError):
+                    raise payload
+                tensors.append(self.preprocess(payload))
+                good.append(i)
+            except InputError as e:
+                results[i] = e
+        if tensors:
+            for i, top in zip(good, self.postprocess(self.infer(torch.stack(tensors)), topk)):
+                results[i] = top
+        return results  # type: ignore[return-value]

@@ -1,0 +1,60 @@
+"""The model spec: everything a runtime needs besides the weights, written once by the archive
+step as `model_spec.json` inside the `.mar` and read by every runtime."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from handlers.preprocess import PreprocessSpec
+
+SPEC_FILE = "model_spec.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Where the network's class lives inside the archive and how to construct it."""
+
+    module: str  # file name without .py, at the archive's top level
+    cls: str
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: str
+    labels: tuple[str, ...]
+    preprocess: PreprocessSpec
+    arch: ArchSpec
+    topk: int = 5
+
+    def __post_init__(self):
+        if not self.labels:
+            raise ValueError("labels must not be empty")
+        if self.topk < 1:
+            raise ValueError("topk must be >= 1")
+        object.__setattr__(self, "labels", tuple(self.labels))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "version": self.version, "labels": list(self.labels),
+                "topk": self.topk, "preprocess": self.preprocess.to_dict(),
+                "arch": {"module": self.arch.module, "class": self.arch.cls,
+                         "kwargs": self.arch.kwargs}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        a = d["arch"]
+        return cls(name=d["name"], version=str(d["version"]), labels=tuple(d["labels"]),
+                   topk=int(d.get("topk", 5)), preprocess=PreprocessSpec.from_dict(d["preprocess"]),
+                   arch=ArchSpec(module=a["module"], cls=a["class"], kwargs=dict(a.get("kwargs", {}))))
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / SPEC_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> "ModelSpec":
+        return cls.from_dict(json.loads((Path(directory) / SPEC_FILE).read_text()))

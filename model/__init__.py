@@ -1,0 +1,1 @@
+"""Training side: data, presets, networks, training, evaluation, checkpoints."""

@@ -1,0 +1,44 @@
+"""Transforms. The eval preset IS the serving preprocessing (handlers.preprocess with the spec that
+the checkpoint carries); training augmentation runs on uint8 batches before the same normalize."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm import tqdm
+
+from handlers.preprocess import PreprocessSpec, image_to_uint8, normalize
+
+# Per-dataset default specs: input geometry plus channel statistics of the training split.
+DATASET_SPECS: dict[str, PreprocessSpec] = {
+    "fashion-mnist": PreprocessSpec(height=28, width=28, channels=1, mean=(0.2860,), std=(0.3530,)),
+}
+
+
+def images_to_uint8(images, spec: PreprocessSpec, desc: str = "preprocess") -> torch.Tensor:
+    """Iterable of PIL images → uint8 [N, C, H, W] through the serving code path."""
+    return torch.stack([image_to_uint8(img, spec) for img in tqdm(images, desc=desc, unit="img",
+                                                                 leave=False, mininterval=1)])
+
+
+def eval_transform(img: Image.Image, spec: PreprocessSpec) -> torch.Tensor:
+    """One PIL image → the normalized tensor the served model sees."""
+    return normalize(image_to_uint8(img, spec), spec)
+
+
+def train_augment(batch: torch.Tensor, pad: int = 2, flip: bool = True,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample random translation (zero padding, then crop back) and horizontal flip on a uint8
+    or float [N, C, H, W] batch."""
+    n, c, h, w = batch.shape
+    if pad:
+        padded = F.pad(batch, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        rows = (torch.arange(h)[None] + oy[:, None])[:, None, :, None]
+        cols = (torch.arange(w)[None] + ox[:, None])[:, None, None, :]
+        batch = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    if flip:
+        mask = torch.rand(n, generator=generator) < 0.5
+        batch = torch.where(mask[:, None, None, None], batch.flip(-1), batch)
+    return batch

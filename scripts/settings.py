@@ -1,0 +1,87 @@
+"""Serving settings: the one definition of listener addresses, ports and per-model worker
+settings. The archive step writes them into config.properties, the serve script passes them to
+TorchServe as its own TS_* environment overrides, and clients and tests build URLs from them.
+
+Environment overrides (all optional):
+  SERVE_HOST (127.0.0.1), SERVE_INFERENCE_PORT (8080), SERVE_MANAGEMENT_PORT (8081),
+  SERVE_METRICS_PORT (8082), SERVE_GRPC_INFERENCE_PORT (7070), SERVE_GRPC_MANAGEMENT_PORT (7071)
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+# TorchServe's own Prometheus metric names that the tools read.
+METRIC_REQUESTS_TOTAL = "ts_inference_requests_total"
+METRIC_LATENCY_US = "ts_inference_latency_microseconds"
+
+# Where KServe's storage initializer puts the storageUri contents inside the pod.
+KSERVE_MODEL_MOUNT = "/mnt/models"
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    host: str = "127.0.0.1"
+    inference_port: int = 8080
+    management_port: int = 8081
+    metrics_port: int = 8082
+    grpc_inference_port: int = 7070
+    grpc_management_port: int = 7071
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "ServingSettings":
+        values = {}
+        for f in fields(cls):
+            raw = env.get(f"SERVE_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            if f.type in (int, "int"):
+                try:
+                    values[f.name] = int(raw)
+                except ValueError:
+                    raise ValueError(f"SERVE_{f.name.upper()} must be a port number, got {raw!r}") from None
+            else:
+                values[f.name] = raw
+        return cls(**values)
+
+    def url(self, port: int) -> str:
+        return f"http://{self.host}:{port}"
+
+    @property
+    def inference_url(self) -> str:
+        return self.url(self.inference_port)
+
+    @property
+    def management_url(self) -> str:
+        return self.url(self.management_port)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.url(self.metrics_port)}/metrics"
+
+    def torchserve_properties(self) -> dict[str, str]:
+        """Listener lines of config.properties. With enable_envvars_config=true TorchServe also
+        reads each as TS_<NAME> from the environment (see `torchserve_env`)."""
+        return {
+            "inference_address": self.inference_url,
+            "management_address": self.management_url,
+            "metrics_address": self.url(self.metrics_port),
+            "grpc_inference_address": self.host,
+            "grpc_inference_port": str(self.grpc_inference_port),
+            "grpc_management_address": self.host,
+            "grpc_management_port": str(self.grpc_management_port),
+        }
+
+    def torchserve_env(self) -> dict[str, str]:
+        return {f"TS_{k.upper()}": v for k, v in self.torchserve_properties().items()}
+
+
+@dataclass(frozen=True)
+class ModelServingSettings:
+    """Per-model worker settings written into config.properties' model_snapshot."""
+
+    workers: int = 1
+    batch_size: int = 8
+    max_batch_delay_ms: int = 5
+    response_timeout_s: int = 120

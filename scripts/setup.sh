@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Set-up for `make demo` / `make test`: system packages, then the project's virtualenv.
+# Idempotent: a second run checks what is there and installs nothing it already has.
+set -euo pipefail
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+FASHION_MNIST_DIR=${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+say()  { printf '[setup] %s\n' "$*"; }
+fail() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# --- system packages (Debian) -------------------------------------------------------------
+apt_updated=0
+apt_install() {
+  local pkgs=("$@") runner=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null && sudo -n true 2>/dev/null && runner=(sudo -n) ||
+      fail "need root to install ${pkgs[*]}: run 'sudo apt-get install -y ${pkgs[*]}' and retry"
+  fi
+  command -v apt-get >/dev/null || fail "apt-get not found: install ${pkgs[*]} by hand and retry"
+  if [ $apt_updated -eq 0 ]; then
+    say "apt-get update"
+    "${runner[@]}" apt-get update -qq || fail "apt-get update failed (is the Debian mirror reachable?)"
+    apt_updated=1
+  fi
+  say "installing Debian packages: ${pkgs[*]}"
+  DEBIAN_FRONTEND=noninteractive "${runner[@]}" apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null ||
+    fail "apt-get install ${pkgs[*]} failed"
+}
+
+java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1; }
+if ! command -v java >/dev/null || [ "$(java_major)" -lt 11 ]; then
+  say "TorchServe's frontend needs Java 11+; none found"
+  apt_install openjdk-17-jre-headless
+fi
+say "java $(java_major): ok"
+
+if ! ls "$FASHION_MNIST_DIR"/t10k-images-idx3-ubyte.gz >/dev/null 2>&1; then
+  say "Fashion-MNIST (the embedded default data) not found in $FASHION_MNIST_DIR"
+  apt_install dataset-fashion-mnist
+  ls "$FASHION_MNIST_DIR"/t10k-images-idx3-ubyte.gz >/dev/null 2>&1 ||
+    fail "dataset-fashion-mnist installed but $FASHION_MNIST_DIR has no IDX files"
+fi
+say "Fashion-MNIST in $FASHION_MNIST_DIR: ok"
+
+# --- Python virtualenv ---------------------------------------------------------------------
+stamp_of() { cat requirements.txt requirements-test.txt constraints.txt scripts/setup.sh | sha256sum | cut -c1-16; }
+stamp="$VENV/.installed-$(stamp_of)"
+if [ -f "$stamp" ]; then
+  say "virtualenv $VENV up to date"
+  exit 0
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating virtualenv $VENV"
+  "$PYTHON" -m venv "$VENV" || fail "could not create a virtualenv with $PYTHON (is python3-venv installed?)"
+fi
+pip() {  # local indexes make pip warn about every missing mirror folder: keep real messages only
+  "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2> >(grep -v 'is ignored: it is neither' >&2)
+}
+# torch first and on its own: its pinned wheels are large and must never be swapped by a resolver.
+say "installing torch/torchvision (pinned in constraints.txt)"
+pip install -q -c constraints.txt torch torchvision || fail "could not install torch/torchvision"
+say "installing the pinned dependencies (requirements.txt, requirements-test.txt)"
+pip install -q -c constraints.txt -r requirements.txt -r requirements-test.txt || fail "pip install failed"
+pip check || fail "pip check found broken requirements"
+rm -f "$VENV"/.installed-*
+touch "$stamp"
+say "virtualenv $VENV ready"

@@ -1,0 +1,104 @@
+"""Shared fixtures that build real objects: the real Fashion-MNIST test split (Debian package),
+real PNG samples, a checkpoint trained by the real training CLI, a `.mar` built by the real
+archiver, and a real TorchServe on free loopback ports."""
+from __future__ import annotations
+
+import io
+import json
+import socket
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from model import data, train
+from scripts import archive
+from scripts.settings import ServingSettings
+from scripts.torchserve import TorchServe
+
+MODEL_NAME = "fashion-mnist"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def loopback_settings() -> ServingSettings:
+    inf, mgmt, met, grpc_inf, grpc_mgmt = free_ports(5)
+    return ServingSettings(host="127.0.0.1", inference_port=inf, management_port=mgmt,
+                           metrics_port=met, grpc_inference_port=grpc_inf,
+                           grpc_management_port=grpc_mgmt)
+
+
+def png_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    data.ensure_fashion_mnist(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def test_split(data_dir):
+    return data.load("fashion-mnist", data_dir, train=False)
+
+
+@pytest.fixture(scope="session")
+def samples(test_split, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """One real test image per class as PNG, with its true label."""
+    out = tmp_path_factory.mktemp("samples")
+    return out, data.export_samples(test_split, out)
+
+
+@pytest.fixture(scope="session")
+def trained(data_dir, tmp_path_factory) -> Path:
+    """A checkpoint from the real training CLI on a subset (seconds, not the full recipe)."""
+    out = tmp_path_factory.mktemp("run")
+    train.main(["--data-dir", str(data_dir), "--output-dir", str(out), "--epochs", "2",
+                "--train-limit", "6000", "--test-limit", "1000", "--seed", "1"])
+    return out / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def store(trained, tmp_path_factory) -> Path:
+    """KServe storage layout with a real `.mar` from torch-model-archiver."""
+    out = tmp_path_factory.mktemp("serve")
+    archive.archive(trained, out, MODEL_NAME)
+    return out
+
+
+@pytest.fixture(scope="session")
+def unpacked_mar(store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mar")
+    with zipfile.ZipFile(store / "model-store" / f"{MODEL_NAME}.mar") as z:
+        z.extractall(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def manifest(unpacked_mar) -> dict:
+    return json.loads((unpacked_mar / "MAR-INF" / "MANIFEST.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def torchserve(store, tmp_path_factory):
+    """A real TorchServe (Java frontend + Python worker) on free loopback ports."""
+    ts = TorchServe(store, loopback_settings(), tmp_path_factory.mktemp("ts-run"))
+    ts.start(timeout=180)
+    yield ts
+    ts.stop()

@@ -1,0 +1,30 @@
+import pytest
+
+from scripts.settings import ServingSettings
+
+
+def test_defaults_are_torchserve_ports_on_loopback():
+    s = ServingSettings()
+    assert (s.host, s.inference_port, s.management_port, s.metrics_port) == ("127.0.0.1", 8080, 8081, 8082)
+    assert s.metrics_url == "http://127.0.0.1:8082/metrics"
+
+
+def test_environment_overrides_each_listener():
+    s = ServingSettings.from_env({"SERVE_HOST": "0.0.0.0", "SERVE_INFERENCE_PORT": "9000",
+                                  "SERVE_GRPC_INFERENCE_PORT": "9100", "UNRELATED": "x"})
+    assert (s.host, s.inference_port, s.grpc_inference_port, s.metrics_port) == ("0.0.0.0", 9000, 9100, 8082)
+
+
+def test_bad_port_is_a_clear_error():
+    with pytest.raises(ValueError, match="SERVE_METRICS_PORT must be a port number"):
+        ServingSettings.from_env({"SERVE_METRICS_PORT": "eighty"})
+
+
+def test_torchserve_env_uses_torchserves_own_variable_names():
+    env = ServingSettings(inference_port=1, management_port=2, metrics_port=3,
+                          grpc_inference_port=4, grpc_management_port=5).torchserve_env()
+    assert env == {
+        "TS_INFERENCE_ADDRESS": "http://127.0.0.1:1", "TS_MANAGEMENT_ADDRESS": "http://127.0.0.1:2",
+        "TS_METRICS_ADDRESS": "http://127.0.0.1:3", "TS_GRPC_INFERENCE_ADDRESS": "127.0.0.1",
+        "TS_GRPC_INFERENCE_PORT": "4", "TS_GRPC_MANAGEMENT_ADDRESS": "127.0.0.1",
+        "TS_GRPC_MANAGEMENT_PORT": "5"}
