@@ -20,6 +20,10 @@ class TorchServeError(RuntimeError):
     pass
 
 
+# Frontend log lines that mean a Python worker failed while loading its model.
+WORKER_FAILURE_MARKERS = ("WorkerInitializationException", "-> WORKER_ERROR", "Backend worker process died")
+
+
 def snapshot_models(config: Path) -> dict[str, list[str]]:
     """Model name → versions, from the model_snapshot line of a config.properties."""
     for line in config.read_text().splitlines():
@@ -85,14 +89,15 @@ class TorchServe:
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
     def worker_failure(self) -> str | None:
-        """The worker's own error output if a model failed to load (TorchServe would otherwise
-        retry with back-off and we would only see a time-out)."""
+        """The worker's own output if a model failed to load (TorchServe would otherwise retry
+        with back-off and we would only see a time-out)."""
         if not self.log_file.exists():
             return None
         lines = self.log_file.read_text(errors="replace").splitlines()
-        if not any("WorkerInitializationException" in l or "Load model failed" in l for l in lines):
+        if not any(marker in line for line in lines for marker in WORKER_FAILURE_MARKERS):
             return None
-        return "\n".join(l.split("MODEL_LOG - ", 1)[1] for l in lines if "-stderr MODEL_LOG - " in l)
+        messages = dict.fromkeys(line.split("MODEL_LOG - ", 1)[1] for line in lines if "MODEL_LOG - " in line)
+        return "\n".join(list(messages)[-40:])  # retries repeat the same traceback: keep one
 
     def model_status(self, name: str) -> list[dict]:
         r = requests.get(f"{self.settings.management_url}/models/{name}/all", timeout=5)

@@ -102,3 +102,10 @@ def torchserve(store, tmp_path_factory):
     ts.start(timeout=180)
     yield ts
     ts.stop()
+
+
+def assert_same_topk(got: dict, expected: dict, abs_tol: float = 1e-5) -> None:
+    """Same labels in the same order, probabilities equal up to float noise (batched and single
+    forward passes take different kernels)."""
+    assert list(got) == list(expected)
+    assert got == pytest.approx(expected, abs=abs_tol)
