@@ -4,7 +4,9 @@ TorchServe as its own TS_* environment overrides, and clients and tests build UR
 
 Environment overrides (all optional):
   SERVE_HOST (127.0.0.1), SERVE_INFERENCE_PORT (8080), SERVE_MANAGEMENT_PORT (8081),
-  SERVE_METRICS_PORT (8082), SERVE_GRPC_INFERENCE_PORT (7070), SERVE_GRPC_MANAGEMENT_PORT (7071)
+  SERVE_METRICS_PORT (8082), SERVE_GRPC_INFERENCE_PORT (7070), SERVE_GRPC_MANAGEMENT_PORT (7071),
+  SERVE_UI_PORT (8090: the try-it page), SERVE_CORS_ORIGIN (default: the page's own origin;
+  set it to the page's URL when the page talks to a cluster endpoint)
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ class ServingSettings:
     metrics_port: int = 8082
     grpc_inference_port: int = 7070
     grpc_management_port: int = 7071
+    ui_port: int = 8090
+    cors_origin: str = ""  # empty: the try-it page's origin on this host
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "ServingSettings":
@@ -60,6 +64,14 @@ class ServingSettings:
     def metrics_url(self) -> str:
         return f"{self.url(self.metrics_port)}/metrics"
 
+    @property
+    def ui_url(self) -> str:
+        return self.url(self.ui_port)
+
+    @property
+    def allowed_origin(self) -> str:
+        return self.cors_origin or self.ui_url
+
     def torchserve_properties(self) -> dict[str, str]:
         """Listener lines of config.properties. With enable_envvars_config=true TorchServe also
         reads each as TS_<NAME> from the environment (see `torchserve_env`)."""
@@ -71,6 +83,10 @@ class ServingSettings:
             "grpc_inference_port": str(self.grpc_inference_port),
             "grpc_management_address": self.host,
             "grpc_management_port": str(self.grpc_management_port),
+            # Browsers may call the inference API only from the try-it page's origin.
+            "cors_allowed_origin": self.allowed_origin,
+            "cors_allowed_methods": "GET, POST, OPTIONS",
+            "cors_allowed_headers": "Content-Type",
         }
 
     def torchserve_env(self) -> dict[str, str]:

@@ -27,4 +27,11 @@ def test_torchserve_env_uses_torchserves_own_variable_names():
         "TS_INFERENCE_ADDRESS": "http://127.0.0.1:1", "TS_MANAGEMENT_ADDRESS": "http://127.0.0.1:2",
         "TS_METRICS_ADDRESS": "http://127.0.0.1:3", "TS_GRPC_INFERENCE_ADDRESS": "127.0.0.1",
         "TS_GRPC_INFERENCE_PORT": "4", "TS_GRPC_MANAGEMENT_ADDRESS": "127.0.0.1",
-        "TS_GRPC_MANAGEMENT_PORT": "5"}
+        "TS_GRPC_MANAGEMENT_PORT": "5", "TS_CORS_ALLOWED_ORIGIN": "http://127.0.0.1:8090",
+        "TS_CORS_ALLOWED_METHODS": "GET, POST, OPTIONS", "TS_CORS_ALLOWED_HEADERS": "Content-Type"}
+
+
+def test_cors_origin_defaults_to_the_try_it_page_and_can_be_set():
+    assert ServingSettings(ui_port=9999).allowed_origin == "http://127.0.0.1:9999"
+    s = ServingSettings.from_env({"SERVE_CORS_ORIGIN": "https://demo.example.org"})
+    assert s.torchserve_properties()["cors_allowed_origin"] == "https://demo.example.org"

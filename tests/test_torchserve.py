@@ -80,3 +80,11 @@ def test_model_is_described_with_a_ready_worker(torchserve):
     assert described["modelVersion"] == "1.0"
     assert [w["status"] for w in described["workers"]] == ["READY"]
     assert described["batchSize"] == 8
+
+
+def test_cors_allows_the_try_it_page_only(torchserve):
+    origin = torchserve.settings.allowed_origin
+    ok = requests.options(url(torchserve), headers={"Origin": origin, "Access-Control-Request-Method": "POST"}, timeout=10)
+    assert ok.headers.get("access-control-allow-origin") == origin
+    other = requests.options(url(torchserve), headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}, timeout=10)
+    assert other.headers.get("access-control-allow-origin") in (None, origin)  # never the foreign one
