@@ -47,6 +47,7 @@ class ImageClassifier:
         net = getattr(module, spec.arch.cls)(**spec.arch.kwargs)
         state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
+        limits = {"max_bytes": spec.max_bytes, "max_pixels": spec.max_pixels, **limits}
         return cls(net, spec, device, **limits)
 
     def preprocess(self, data: bytes | bytearray) -> torch.Tensor:
@@ -64,9 +65,11 @@ class ImageClassifier:
                 for vs, ix in zip(values.tolist(), indices.tolist())]
 
     def predict(self, payloads: Sequence[bytes | bytearray | InputError],
-                topk: int | None = None) -> list[Result]:
-        """One result per payload, in order. A bad payload (or an InputError a transport already
-        raised while decoding the request) becomes that slot's error; the others still run."""
+                topk: int | None | Sequence[int | None] = None) -> list[Result]:
+        """One result per payload, in order, in one forward pass. A bad payload (or an InputError
+        a transport already raised while decoding the request) becomes that slot's error; the
+        others still run. `topk` is one k for all, or one per payload (None: the spec's default)."""
+        ks = list(topk) if isinstance(topk, (list, tuple)) else [topk] * len(payloads)
         results: list[Result | None] = [None] * len(payloads)
         good, tensors = [], []
         for i, payload in enumerate(payloads):
@@ -78,6 +81,7 @@ class ImageClassifier:
             except InputError as e:
                 results[i] = e
         if tensors:
-            for i, top in zip(good, self.postprocess(self.infer(torch.stack(tensors)), topk)):
-                results[i] = top
+            probs = self.infer(torch.stack(tensors))
+            for row, i in enumerate(good):
+                results[i] = self.postprocess(probs[row:row + 1], ks[i])[0]
         return results  # type: ignore[return-value]

@@ -1,16 +1,155 @@
-"""Request decoding: one TorchServe request row → image bytes, or a typed InputError.
-The model path never sees transports; every envelope is unwrapped here."""
+"""Request decoding: one TorchServe request row → a ParsedRequest (protocol, image bytes, options)
+or a typed InputError. Every envelope is unwrapped here; the model path never sees transports.
+
+Accepted on the same endpoint set (no TorchServe `service_envelope` needed):
+  raw bytes body (any image type)            → native
+  multipart/form-data file field             → native
+  JSON {"data"|"b64": "<base64>"}            → native
+  KServe v1 {"instances": [{"b64"|"data": "<base64>"} | "<base64>", ...]}
+  Open Inference Protocol v2 {"inputs": [{"name", "datatype": "BYTES", "shape": [N], "data": [...]}]}
+"""
 from __future__ import annotations
 
-from handlers.errors import EmptyInput, InputError, UnsupportedPayload
+import base64
+import binascii
+from dataclasses import dataclass, field
+
+from handlers.errors import EmptyInput, ImageTooLarge, InputError, UnsupportedPayload
+
+NATIVE, V1, V2 = "native", "v1", "v2"
+BODY_KEYS = ("body", "data")
+OPTION_KEYS = ("topk",)
+MAX_IMAGES_PER_REQUEST = 64
+MAX_TOPK = 1000
 
 
-def payload_from_row(row: dict) -> bytes | InputError:
-    """TorchServe hands each request as a dict; a raw body arrives under "body" or "data"."""
-    value = row.get("data") if row.get("data") is not None else row.get("body")
+class MalformedRequest(InputError):
+    reason = "malformed_request"
+
+
+class InvalidBase64(InputError):
+    reason = "invalid_base64"
+
+
+class InvalidOption(InputError):
+    reason = "invalid_option"
+
+
+@dataclass
+class ParsedRequest:
+    protocol: str = NATIVE
+    images: list[bytes | InputError] = field(default_factory=list)
+    topk: int | None = None
+    request_id: str | None = None
+    input_name: str = "image"
+    error: InputError | None = None  # set when the request as a whole is unusable
+
+
+def parse_topk(value) -> int | None:
     if value is None:
-        return EmptyInput("request has no body: send the image bytes as the request body")
+        return None
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    return UnsupportedPayload(
-        f"expected raw image bytes as the request body, got {type(value).__name__}")
+        value = value.decode("utf-8", "replace")
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        raise InvalidOption(f"topk must be an integer, got {value!r}") from None
+    if not 1 <= k <= MAX_TOPK:
+        raise InvalidOption(f"topk must be between 1 and {MAX_TOPK}, got {k}")
+    return k
+
+
+def decode_b64(text, max_bytes: int, where: str) -> bytes:
+    if not isinstance(text, str):
+        raise UnsupportedPayload(f"{where}: expected a base64 string, got {type(text).__name__}")
+    if len(text) * 3 // 4 > max_bytes:  # refuse before allocating the decoded copy
+        raise ImageTooLarge(f"{where}: base64 image decodes to over the {max_bytes}-byte limit")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidBase64(f"{where}: not valid base64") from None
+
+
+def _body(row: dict):
+    for key in BODY_KEYS:
+        if row.get(key) is not None:
+            return row[key]
+    # multipart/form-data: the file arrives under its form field's name
+    for key, value in row.items():
+        if key not in OPTION_KEYS and isinstance(value, (bytes, bytearray)):
+            return value
+    return None
+
+
+def _image_or_error(item, max_bytes: int, where: str) -> bytes | InputError:
+    try:
+        if isinstance(item, dict):
+            key = "b64" if "b64" in item else "data" if "data" in item else None
+            if key is None:
+                raise UnsupportedPayload(f'{where}: expected {{"b64": "<base64 image>"}}')
+            item = item[key]
+        return decode_b64(item, max_bytes, where)
+    except InputError as e:
+        return e
+
+
+def _parse_v1(body: dict, max_bytes: int) -> ParsedRequest:
+    instances = body["instances"]
+    req = ParsedRequest(protocol=V1)
+    req.topk = parse_topk((body.get("parameters") or {}).get("topk"))
+    if not isinstance(instances, list) or not instances:
+        raise MalformedRequest('"instances" must be a non-empty list of {"b64": "<base64 image>"}')
+    if len(instances) > MAX_IMAGES_PER_REQUEST:
+        raise MalformedRequest(f"at most {MAX_IMAGES_PER_REQUEST} instances per request, got {len(instances)}")
+    req.images = [_image_or_error(item, max_bytes, f"instances[{i}]") for i, item in enumerate(instances)]
+    return req
+
+
+def _parse_v2(body: dict, max_bytes: int) -> ParsedRequest:
+    inputs = body["inputs"]
+    req = ParsedRequest(protocol=V2, request_id=body.get("id"))
+    req.topk = parse_topk((body.get("parameters") or {}).get("topk"))
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise MalformedRequest('"inputs" must hold exactly one tensor: the encoded images')
+    tensor = inputs[0]
+    req.input_name = str(tensor.get("name") or "image")
+    if tensor.get("datatype") != "BYTES":
+        raise MalformedRequest(f'input "{req.input_name}" must have datatype BYTES (encoded image '
+                               f'files), got {tensor.get("datatype")!r}')
+    data, shape = tensor.get("data"), tensor.get("shape")
+    if not isinstance(data, list) or not data:
+        raise MalformedRequest(f'input "{req.input_name}": "data" must be a non-empty list')
+    if shape != [len(data)]:
+        raise MalformedRequest(f'input "{req.input_name}": shape {shape} does not match {len(data)} '
+                               f'data elements (expected [{len(data)}])')
+    if len(data) > MAX_IMAGES_PER_REQUEST:
+        raise MalformedRequest(f"at most {MAX_IMAGES_PER_REQUEST} images per request, got {len(data)}")
+    req.topk = parse_topk((tensor.get("parameters") or {}).get("topk")) or req.topk
+    req.images = [_image_or_error(item, max_bytes, f'{req.input_name}[{i}]') for i, item in enumerate(data)]
+    return req
+
+
+def parse_row(row: dict, max_bytes: int, content_type: str | None = None) -> ParsedRequest:
+    """Never raises: a request that cannot be used at all carries its error in `.error`."""
+    try:
+        body = _body(row)
+        topk = parse_topk(row.get("topk"))  # native: ?topk=N query parameter
+        if body is None or (isinstance(body, (bytes, bytearray, str)) and len(body) == 0):
+            raise EmptyInput("request has no body: send the image bytes (or a JSON envelope)")
+        if isinstance(body, (bytes, bytearray)):
+            if content_type and content_type.split(";")[0].strip() == "application/json":
+                raise MalformedRequest("body is declared application/json but is not valid JSON")
+            return ParsedRequest(images=[bytes(body)], topk=topk)
+        if isinstance(body, dict):
+            if "instances" in body:
+                return _parse_v1(body, max_bytes)
+            if "inputs" in body:
+                return _parse_v2(body, max_bytes)
+            if "b64" in body or "data" in body:
+                return ParsedRequest(images=[_image_or_error(body, max_bytes, "body")],
+                                     topk=parse_topk(body.get("topk")) or topk)
+        raise UnsupportedPayload(
+            f"unsupported request body ({type(body).__name__}): send image bytes, a multipart file, "
+            f'JSON {{"b64": ...}}, KServe v1 {{"instances": [...]}} or v2 {{"inputs": [...]}}')
+    except InputError as e:
+        return ParsedRequest(error=e)

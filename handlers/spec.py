@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from handlers.preprocess import PreprocessSpec
+from handlers.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreprocessSpec
 
 SPEC_FILE = "model_spec.json"
 WEIGHTS_FILE = "weights.pt"
@@ -29,17 +29,22 @@ class ModelSpec:
     preprocess: PreprocessSpec
     arch: ArchSpec
     topk: int = 5
+    max_bytes: int = DEFAULT_MAX_BYTES  # per image, after any base64 decoding
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard
 
     def __post_init__(self):
         if not self.labels:
             raise ValueError("labels must not be empty")
         if self.topk < 1:
             raise ValueError("topk must be >= 1")
+        if self.max_bytes < 1 or self.max_pixels < 1:
+            raise ValueError("max_bytes and max_pixels must be >= 1")
         object.__setattr__(self, "labels", tuple(self.labels))
 
     def to_dict(self) -> dict:
         return {"name": self.name, "version": self.version, "labels": list(self.labels),
-                "topk": self.topk, "preprocess": self.preprocess.to_dict(),
+                "topk": self.topk, "max_bytes": self.max_bytes, "max_pixels": self.max_pixels,
+                "preprocess": self.preprocess.to_dict(),
                 "arch": {"module": self.arch.module, "class": self.arch.cls,
                          "kwargs": self.arch.kwargs}}
 
@@ -47,7 +52,8 @@ class ModelSpec:
     def from_dict(cls, d: dict) -> "ModelSpec":
         a = d["arch"]
         return cls(name=d["name"], version=str(d["version"]), labels=tuple(d["labels"]),
-                   topk=int(d.get("topk", 5)), preprocess=PreprocessSpec.from_dict(d["preprocess"]),
+                   topk=int(d.get("topk", 5)), max_bytes=int(d.get("max_bytes", DEFAULT_MAX_BYTES)),
+                   max_pixels=int(d.get("max_pixels", DEFAULT_MAX_PIXELS)), preprocess=PreprocessSpec.from_dict(d["preprocess"]),
                    arch=ArchSpec(module=a["module"], cls=a["class"], kwargs=dict(a.get("kwargs", {}))))
 
     def save(self, directory: Path) -> Path:

@@ -1,6 +1,7 @@
 """TorchServe entry point. TorchServe instantiates the one class defined in this file and calls
-`initialize(context)` once and `handle(data, context)` per batch; all model work is delegated to
-the transport-agnostic ImageClassifier."""
+`initialize(context)` once and `handle(data, context)` per batch. Each request of the batch may
+speak another protocol (raw bytes, multipart, JSON, KServe v1, OIP v2 REST); all images of the
+batch go through the model in one forward pass, and each request gets its own status and body."""
 from __future__ import annotations
 
 import logging
@@ -8,10 +9,18 @@ import logging
 import torch
 
 from handlers.classifier import ImageClassifier
-from handlers.errors import InputError
-from handlers.inputs import payload_from_row
+from handlers.inputs import parse_row
+from handlers.responses import render
 
 log = logging.getLogger(__name__)
+
+
+def _content_type(context, idx: int) -> str | None:
+    for key in ("body", "data"):
+        header = context.get_request_header(idx, key)
+        if isinstance(header, dict):
+            return header.get("content-type")
+    return None
 
 
 class TorchServeImageClassifier:
@@ -28,15 +37,25 @@ class TorchServeImageClassifier:
         spec = self.classifier.spec
         log.info("loaded %s v%s on %s (%d classes)", spec.name, spec.version, device, len(spec.labels))
 
-    def handle(self, data: list[dict], context) -> list:
-        results = self.classifier.predict([payload_from_row(row) for row in data])
+    def handle(self, data: list[dict], context) -> list[dict]:
+        max_bytes = self.classifier.max_bytes
+        requests = [parse_row(row, max_bytes, _content_type(context, i)) for i, row in enumerate(data)]
+        images, ks, owners = [], [], []
+        for r, req in enumerate(requests):
+            if req.error is None:
+                images += req.images
+                ks += [req.topk] * len(req.images)
+                owners += [r] * len(req.images)
+        flat = self.classifier.predict(images, ks)
+        per_request: list[list] = [[] for _ in requests]
+        for owner, result in zip(owners, flat):
+            per_request[owner].append(result)
+
         out = []
-        for idx, result in enumerate(results):
+        for idx, (req, results) in enumerate(zip(requests, per_request)):
+            status, body = render(req, results, self.classifier.spec)
+            context.set_response_status(status, body.get("error", "") if status != 200 else "", idx)
             context.set_response_content_type(idx, "application/json")
-            if isinstance(result, InputError):
-                # Per-request status: the rest of the batch still gets its 200 and its result.
-                context.set_response_status(result.status, str(result), idx)
-                out.append(result.to_dict())
-            else:
-                out.append(result)
+            context.set_response_header(idx, "x-model-version", self.classifier.spec.version)
+            out.append(body)
         return out

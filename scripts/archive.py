@@ -32,9 +32,11 @@ class ArchiveError(RuntimeError):
     pass
 
 
-def model_spec_from_checkpoint(ckpt: dict, name: str, version: str, topk: int) -> tuple[ModelSpec, Path]:
+def model_spec_from_checkpoint(ckpt: dict, name: str, version: str, topk: int,
+                               model_settings: ModelServingSettings) -> tuple[ModelSpec, Path]:
     arch = nets.ARCHS[ckpt["arch"]["name"]]
     spec = ModelSpec(name=name, version=version, labels=tuple(ckpt["labels"]), topk=topk,
+                     max_bytes=model_settings.max_image_bytes, max_pixels=model_settings.max_image_pixels,
                      preprocess=checkpoint.preprocess_spec(ckpt),
                      arch=ArchSpec(module=arch.file.stem, cls=arch.cls, kwargs=ckpt["arch"]["kwargs"]))
     return spec, arch.file
@@ -77,6 +79,10 @@ def read_manifest(mar: Path) -> dict:
         return json.loads(z.read("MAR-INF/MANIFEST.json"))
 
 
+def max_request_size(max_image_bytes: int) -> int:
+    return max_image_bytes * 4 // 3 + 64 * 1024
+
+
 def config_properties(model_store: Path, settings: ServingSettings,
                       model_settings: ModelServingSettings) -> str:
     """TorchServe config for every `.mar` in the store, in KServe's storage layout. Defaults that
@@ -108,6 +114,10 @@ def config_properties(model_store: Path, settings: ServingSettings,
         "# never exposed by a Service and a NetworkPolicy guards the pod.",
         "disable_token_authorization=true",
         "install_py_dep_per_model=false",
+        "# Room for the largest accepted image as base64 JSON; the handler enforces the per-image",
+        "# byte and pixel limits (model_spec.json) with a 413 that names them.",
+        f"max_request_size={max_request_size(model_settings.max_image_bytes)}",
+        f"max_response_size={max_request_size(model_settings.max_image_bytes)}",
         f"model_store={KSERVE_MODEL_MOUNT}/model-store",
         f"model_snapshot={json.dumps(snapshot, separators=(',', ':'))}",
     ]
@@ -125,8 +135,9 @@ def write_config(out: Path, settings: ServingSettings | None = None,
 
 def archive(checkpoint_path: Path, out: Path, name: str, version: str = "1.0", topk: int = 5,
             model_settings: ModelServingSettings | None = None) -> tuple[Path, Path]:
+    model_settings = model_settings or ModelServingSettings()
     ckpt = checkpoint.load(checkpoint_path)
-    spec, net_file = model_spec_from_checkpoint(ckpt, name, version, topk)
+    spec, net_file = model_spec_from_checkpoint(ckpt, name, version, topk, model_settings)
     mar = build_mar(spec, ckpt["state_dict"], net_file, out / "model-store")
     return mar, write_config(out, model_settings=model_settings)
 
@@ -141,6 +152,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=ModelServingSettings.workers)
     p.add_argument("--batch-size", type=int, default=ModelServingSettings.batch_size)
     p.add_argument("--max-batch-delay-ms", type=int, default=ModelServingSettings.max_batch_delay_ms)
+    p.add_argument("--max-image-bytes", type=int, default=ModelServingSettings.max_image_bytes)
+    p.add_argument("--max-image-pixels", type=int, default=ModelServingSettings.max_image_pixels)
     return p
 
 
@@ -149,7 +162,9 @@ def main(argv=None) -> int:
     try:
         mar, config = archive(args.checkpoint, args.out, args.model_name, args.version, args.topk,
                               ModelServingSettings(workers=args.workers, batch_size=args.batch_size,
-                                                   max_batch_delay_ms=args.max_batch_delay_ms))
+                                                   max_batch_delay_ms=args.max_batch_delay_ms,
+                                                   max_image_bytes=args.max_image_bytes,
+                                                   max_image_pixels=args.max_image_pixels))
     except (ArchiveError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"archive: error: {e}", file=sys.stderr)
         return 2

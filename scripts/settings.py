@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Mapping
 
+from handlers.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+
 # TorchServe's own Prometheus metric names that the tools read.
 METRIC_REQUESTS_TOTAL = "ts_inference_requests_total"
 METRIC_LATENCY_US = "ts_inference_latency_microseconds"
@@ -95,9 +97,12 @@ class ServingSettings:
 
 @dataclass(frozen=True)
 class ModelServingSettings:
-    """Per-model worker settings written into config.properties' model_snapshot."""
+    """Per-model serving settings: workers and batching (config.properties' model_snapshot) and
+    input limits (model_spec.json, enforced by the handler)."""
 
     workers: int = 1
     batch_size: int = 8
     max_batch_delay_ms: int = 5
     response_timeout_s: int = 120
+    max_image_bytes: int = DEFAULT_MAX_BYTES
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
