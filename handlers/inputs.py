@@ -129,11 +129,14 @@ def _parse_v2(body: dict, max_bytes: int) -> ParsedRequest:
     return req
 
 
-def parse_row(row: dict, max_bytes: int, content_type: str | None = None) -> ParsedRequest:
-    """Never raises: a request that cannot be used at all carries its error in `.error`."""
+def parse_row(row: dict, max_bytes: int, content_type: str | None = None,
+              topk_header: str | None = None) -> ParsedRequest:
+    """Never raises: a request that cannot be used at all carries its error in `.error`.
+    Native requests take k from an `X-TopK` header (TorchServe 0.12 does not pass query
+    parameters of a POST with a body to the worker) or a multipart `topk` field."""
     try:
         body = _body(row)
-        topk = parse_topk(row.get("topk"))  # native: ?topk=N query parameter
+        topk = parse_topk(row.get("topk") or topk_header)
         if body is None or (isinstance(body, (bytes, bytearray, str)) and len(body) == 0):
             raise EmptyInput("request has no body: send the image bytes (or a JSON envelope)")
         if isinstance(body, (bytes, bytearray)):

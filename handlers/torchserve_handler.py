@@ -15,6 +15,14 @@ from handlers.responses import render
 log = logging.getLogger(__name__)
 
 
+def _header(context, idx: int, name: str) -> str | None:
+    for key in (name, name.lower(), name.title()):
+        value = context.get_request_header(idx, key)
+        if value is not None:
+            return value
+    return None
+
+
 def _content_type(context, idx: int) -> str | None:
     for key in ("body", "data"):
         header = context.get_request_header(idx, key)
@@ -39,7 +47,8 @@ class TorchServeImageClassifier:
 
     def handle(self, data: list[dict], context) -> list[dict]:
         max_bytes = self.classifier.max_bytes
-        requests = [parse_row(row, max_bytes, _content_type(context, i)) for i, row in enumerate(data)]
+        requests = [parse_row(row, max_bytes, _content_type(context, i), _header(context, i, "X-TopK"))
+                    for i, row in enumerate(data)]
         images, ks, owners = [], [], []
         for r, req in enumerate(requests):
             if req.error is None:

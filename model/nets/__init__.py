@@ -21,6 +21,7 @@ class Arch:
 
 ARCHS: dict[str, Arch] = {
     "small_cnn": Arch("model.nets.small_cnn", "SmallCNN"),
+    "efficientnet_lite": Arch("model.nets.efficientnet_lite", "EfficientNetLite"),
 }
 
 
