@@ -32,8 +32,9 @@ class ArchiveError(RuntimeError):
     pass
 
 
-def model_spec_from_checkpoint(ckpt: dict, name: str, version: str, topk: int,
-                               model_settings: ModelServingSettings) -> tuple[ModelSpec, Path]:
+def model_spec_from_checkpoint(ckpt: dict, name: str, version: str, topk: int = 5,
+                               model_settings: ModelServingSettings | None = None) -> tuple[ModelSpec, Path]:
+    model_settings = model_settings or ModelServingSettings()
     arch = nets.ARCHS[ckpt["arch"]["name"]]
     spec = ModelSpec(name=name, version=version, labels=tuple(ckpt["labels"]), topk=topk,
                      max_bytes=model_settings.max_image_bytes, max_pixels=model_settings.max_image_pixels,
