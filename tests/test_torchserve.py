@@ -9,7 +9,7 @@ import requests
 from handlers.classifier import ImageClassifier
 from scripts.predict import PredictError, predict
 from scripts.settings import METRIC_REQUESTS_TOTAL
-from tests.conftest import MODEL_NAME, assert_same_topk
+from tests.conftest import IMAGENET_NAME, MODEL_NAME, assert_same_topk, png_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -88,3 +88,14 @@ def test_cors_allows_the_try_it_page_only(torchserve):
     assert ok.headers.get("access-control-allow-origin") == origin
     other = requests.options(url(torchserve), headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}, timeout=10)
     assert other.headers.get("access-control-allow-origin") in (None, origin)  # never the foreign one
+
+
+def test_imagenet_model_is_served_beside_the_custom_one(torchserve):
+    from PIL import Image
+    from skimage import data as skdata
+
+    cat = png_bytes(Image.fromarray(skdata.chelsea()), "JPEG", quality=90)
+    top = predict(cat, IMAGENET_NAME, torchserve.settings.inference_url)
+    assert next(iter(top)) in {"tabby", "tiger cat", "Egyptian cat"}, top
+    (described,) = torchserve.model_status(IMAGENET_NAME)
+    assert [w["status"] for w in described["workers"]] == ["READY"]
