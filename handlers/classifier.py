@@ -10,7 +10,8 @@ from typing import Sequence
 import torch
 
 from handlers.errors import InputError
-from handlers.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, bytes_to_tensor
+from handlers.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from handlers.preprocess import bytes_to_tensor
 from handlers.spec import WEIGHTS_FILE, ModelSpec
 
 Result = dict | InputError  # per request: {label: probability} (best first) or the error

@@ -15,14 +15,12 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from handlers.errors import EmptyInput, ImageTooLarge, InvalidImage
+from handlers.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 RESIZE_POLICIES = ("resize", "resize_center_crop")
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
                   "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 
-# Serving limits: bodies and pixel counts beyond these are refused before any decoding work.
-DEFAULT_MAX_BYTES = 6 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 40_000_000
 
 
 @dataclass(frozen=True)

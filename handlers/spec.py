@@ -6,7 +6,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from handlers.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, PreprocessSpec
+from handlers.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from handlers.preprocess import PreprocessSpec
 
 SPEC_FILE = "model_spec.json"
 WEIGHTS_FILE = "weights.pt"

@@ -18,6 +18,10 @@ IMAGENET_SPEC = PreprocessSpec(height=224, width=224, channels=3, mean=(127 / 25
 # Per-dataset default specs: input geometry plus channel statistics of the training split.
 DATASET_SPECS: dict[str, PreprocessSpec] = {
     "fashion-mnist": PreprocessSpec(height=28, width=28, channels=1, mean=(0.2860,), std=(0.3530,)),
+    "mnist": PreprocessSpec(height=28, width=28, channels=1, mean=(0.1307,), std=(0.3081,)),
+    # CIFAR-10's published training-split statistics (no copy here to recompute them offline)
+    "cifar-10": PreprocessSpec(height=32, width=32, channels=3, mean=(0.4914, 0.4822, 0.4465),
+                               std=(0.2470, 0.2435, 0.2616)),
     "imagenet": IMAGENET_SPEC,
 }
 

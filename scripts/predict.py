@@ -1,6 +1,10 @@
-"""Predict one or more images through TorchServe's native REST API and print the top-k.
+"""Predict images through any protocol and print the top-k.
 
-    python -m scripts.predict IMAGE [IMAGE ...] [--model fashion-mnist] [--url http://127.0.0.1:8080]
+    python -m scripts.predict IMAGE [IMAGE ...] [--model fashion-mnist] [--protocol rest|v1|v2|grpc|oip]
+                              [--url http://127.0.0.1:8080] [--grpc-target 127.0.0.1:7070] [--topk K]
+
+rest: TorchServe /predictions (raw bytes) · v1: KServe v1 :predict · v2: OIP v2 REST /infer ·
+grpc: TorchServe's gRPC Predictions · oip: OIP gRPC (the KServe-native runtime).
 """
 from __future__ import annotations
 
@@ -8,32 +12,31 @@ import argparse
 import sys
 from pathlib import Path
 
-import requests
-
+from scripts import clients
+from scripts.clients import PredictError
 from scripts.settings import ServingSettings
 
-
-class PredictError(RuntimeError):
-    pass
+__all__ = ["PredictError", "predict", "main"]
 
 
-def predict(image: Path | bytes, model: str, base_url: str | None = None, timeout: float = 30) -> dict:
-    """POST raw image bytes to /predictions/<model>; returns {label: probability}, best first."""
-    url = f"{(base_url or ServingSettings.from_env().inference_url).rstrip('/')}/predictions/{model}"
+def predict(image: Path | bytes, model: str, base_url: str | None = None, timeout: float = 30,
+            topk: int | None = None) -> dict:
+    """Raw bytes to /predictions/<model>; returns {label: probability}, best first."""
     body = image if isinstance(image, bytes) else Path(image).read_bytes()
-    try:
-        r = requests.post(url, data=body, headers={"Content-Type": "application/octet-stream"},
-                          timeout=timeout)
-    except requests.RequestException as e:
-        raise PredictError(f"cannot reach {url}: {e}") from None
-    try:
-        payload = r.json()
-    except ValueError:
-        payload = {"error": r.text.strip() or r.reason}
-    if r.status_code != 200:
-        message = payload.get("error") or payload.get("message") or payload
-        raise PredictError(f"HTTP {r.status_code} from {url}: {message}")
-    return payload
+    return clients.rest_native(base_url or ServingSettings.from_env().inference_url, model, body, topk, timeout)
+
+
+def predict_with(protocol: str, images: list[bytes], model: str, url: str, target: str,
+                 topk: int | None) -> list[dict]:
+    if protocol == "rest":
+        return [clients.rest_native(url, model, i, topk) for i in images]
+    if protocol == "v1":
+        return clients.rest_v1(url, model, images, topk)
+    if protocol == "v2":
+        return clients.rest_v2(url, model, images, topk)
+    if protocol == "grpc":
+        return [clients.grpc_native(target, model, i) for i in images]
+    return clients.grpc_oip(target, model, images, topk)
 
 
 def format_topk(topk: dict) -> str:
@@ -41,21 +44,28 @@ def format_topk(topk: dict) -> str:
 
 
 def main(argv=None) -> int:
+    settings = ServingSettings.from_env()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--model", default="fashion-mnist")
-    p.add_argument("--url", default=None, help="inference base URL (default from SERVE_* settings)")
+    p.add_argument("--protocol", choices=clients.PROTOCOLS, default="rest")
+    p.add_argument("--url", default=settings.inference_url, help="REST base URL")
+    p.add_argument("--grpc-target", default=f"{settings.host}:{settings.grpc_inference_port}")
+    p.add_argument("--topk", type=int, default=None)
     args = p.parse_args(argv)
-    status = 0
-    for image in args.images:
-        try:
-            if not image.is_file():
-                raise PredictError(f"no such file: {image}")
-            print(f"{image}:\n{format_topk(predict(image, args.model, args.url))}")
-        except PredictError as e:
-            print(f"predict: error: {image}: {e}", file=sys.stderr)
-            status = 1
-    return status
+    missing = [str(i) for i in args.images if not i.is_file()]
+    if missing:
+        print(f"predict: error: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    try:
+        results = predict_with(args.protocol, [i.read_bytes() for i in args.images], args.model,
+                               args.url, args.grpc_target, args.topk)
+    except PredictError as e:
+        print(f"predict: error: {e}", file=sys.stderr)
+        return 1
+    for image, topk in zip(args.images, results):
+        print(f"{image}:\n{format_topk(topk)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ Environment overrides (all optional):
   SERVE_HOST (127.0.0.1), SERVE_INFERENCE_PORT (8080), SERVE_MANAGEMENT_PORT (8081),
   SERVE_METRICS_PORT (8082), SERVE_GRPC_INFERENCE_PORT (7070), SERVE_GRPC_MANAGEMENT_PORT (7071),
   SERVE_UI_PORT (8090: the try-it page), SERVE_CORS_ORIGIN (default: the page's own origin;
-  set it to the page's URL when the page talks to a cluster endpoint)
+  set it to the page's URL when the page talks to a cluster endpoint),
+  SERVE_KSERVE_HTTP_PORT (8085) and SERVE_KSERVE_GRPC_PORT (8086): the KServe-native runtime
+  (scripts/kserve_runtime.py)
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Mapping
 
-from handlers.preprocess import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from handlers.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 # TorchServe's own Prometheus metric names that the tools read.
 METRIC_REQUESTS_TOTAL = "ts_inference_requests_total"
@@ -33,6 +35,8 @@ class ServingSettings:
     grpc_inference_port: int = 7070
     grpc_management_port: int = 7071
     ui_port: int = 8090
+    kserve_http_port: int = 8085  # KServe-native runtime: v1/v2 REST, /metrics
+    kserve_grpc_port: int = 8086  # KServe-native runtime: OIP gRPC
     cors_origin: str = ""  # empty: the try-it page's origin on this host
 
     @classmethod

@@ -1,0 +1,77 @@
+"""The wire clients (and `python -m scripts.predict --protocol ...`) against a real TorchServe:
+REST native, KServe v1 and OIP v2 REST through kserve's SDK client, and TorchServe's native gRPC
+through stubs generated from its jar."""
+import pytest
+
+from scripts import clients, grpc_stubs, predict
+from tests.conftest import MODEL_NAME, assert_same_topk
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def endpoints(torchserve):
+    s = torchserve.settings
+    return s.inference_url, f"{s.host}:{s.grpc_inference_port}"
+
+
+@pytest.fixture(scope="module")
+def pngs(samples):
+    out_dir, listed = samples
+    return [(out_dir / s["file"]).read_bytes() for s in listed[:3]]
+
+
+def test_stubs_are_generated_from_the_installed_jar(tmp_path):
+    out = grpc_stubs.generate(tmp_path)
+    files = sorted(p.name for p in (out / grpc_stubs.PACKAGE).glob("*.py"))
+    assert files == ["__init__.py", "inference_pb2.py", "inference_pb2_grpc.py", "management_pb2.py",
+                     "management_pb2_grpc.py", "open_inference_grpc_pb2.py", "open_inference_grpc_pb2_grpc.py"]
+    before = (out / grpc_stubs.PACKAGE / "inference_pb2.py").stat().st_mtime_ns
+    grpc_stubs.generate(tmp_path)  # same jar: nothing regenerated
+    assert (out / grpc_stubs.PACKAGE / "inference_pb2.py").stat().st_mtime_ns == before
+
+
+def test_every_torchserve_protocol_gives_the_same_topk(endpoints, pngs):
+    url, target = endpoints
+    native = [clients.rest_native(url, MODEL_NAME, p) for p in pngs]
+    for got in (clients.rest_v1(url, MODEL_NAME, pngs), clients.rest_v2(url, MODEL_NAME, pngs),
+                [clients.grpc_native(target, MODEL_NAME, p) for p in pngs]):
+        assert len(got) == len(native)
+        for a, b in zip(got, native):
+            assert_same_topk(a, b)
+
+
+def test_topk_travels_on_every_rest_protocol(endpoints, pngs):
+    url, _ = endpoints
+    assert len(clients.rest_native(url, MODEL_NAME, pngs[0], topk=2)) == 2
+    assert [len(r) for r in clients.rest_v1(url, MODEL_NAME, pngs, topk=3)] == [3, 3, 3]
+    assert [len(r) for r in clients.rest_v2(url, MODEL_NAME, pngs[:2], topk=1)] == [1, 1]
+
+
+@pytest.mark.parametrize("call", [
+    lambda url, target: clients.rest_native(url, MODEL_NAME, b"not an image"),
+    lambda url, target: clients.rest_v1(url, MODEL_NAME, [b"not an image"]),
+    lambda url, target: clients.rest_v2(url, MODEL_NAME, [b"not an image"]),
+])
+def test_rest_clients_surface_the_servers_message(endpoints, call):
+    with pytest.raises(clients.PredictError, match="HTTP 400.*not an image"):
+        call(*endpoints)
+
+
+def test_grpc_errors_are_named(endpoints):
+    _, target = endpoints
+    with pytest.raises(clients.PredictError, match="gRPC"):
+        clients.grpc_native(target, "no-such-model", b"x")
+    with pytest.raises(clients.PredictError, match="not an image"):
+        clients.grpc_native(target, MODEL_NAME, b"not an image")
+
+
+@pytest.mark.parametrize("protocol", ["rest", "v1", "v2", "grpc"])
+def test_predict_cli_on_each_protocol(protocol, endpoints, samples, capsys):
+    url, target = endpoints
+    out_dir, listed = samples
+    image = out_dir / listed[0]["file"]
+    assert predict.main([str(image), "--model", MODEL_NAME, "--protocol", protocol, "--url", url,
+                         "--grpc-target", target]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"{image}:" and printed[1].split(maxsplit=1)[1] == listed[0]["label"]
