@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from handlers.errors import EmptyInput, ImageTooLarge, InputError, UnsupportedPayload
 
 NATIVE, V1, V2 = "native", "v1", "v2"
+# TorchServe's stock kservev2 envelope (needed for its OIP gRPC) hands the handler one row per
+# input tensor of the first request, {"name", "shape", "datatype", "data": <first element>}, with
+# BYTES already base64-encoded by the frontend.
+ENVELOPE_V2 = "envelope-v2"
 BODY_KEYS = ("body", "data")
 OPTION_KEYS = ("topk",)
 MAX_IMAGES_PER_REQUEST = 64
@@ -126,6 +130,21 @@ def _parse_v2(body: dict, max_bytes: int) -> ParsedRequest:
         raise MalformedRequest(f"at most {MAX_IMAGES_PER_REQUEST} images per request, got {len(data)}")
     req.topk = parse_topk((tensor.get("parameters") or {}).get("topk")) or req.topk
     req.images = [_image_or_error(item, max_bytes, f'{req.input_name}[{i}]') for i, item in enumerate(data)]
+    return req
+
+
+def is_envelope_input(row: dict) -> bool:
+    return "datatype" in row and "name" in row and "shape" in row
+
+
+def parse_envelope_input(row: dict, max_bytes: int) -> ParsedRequest:
+    name = str(row.get("name") or "image")
+    req = ParsedRequest(protocol=ENVELOPE_V2, input_name=name)
+    if row.get("datatype") != "BYTES":
+        req.error = MalformedRequest(f'input "{name}" must have datatype BYTES (encoded image files), '
+                                     f'got {row.get("datatype")!r}')
+    else:
+        req.images = [_image_or_error(row.get("data"), max_bytes, name)]
     return req
 
 

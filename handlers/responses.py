@@ -2,10 +2,11 @@
 InputErrors). Returns (HTTP status, JSON-able body); transports only copy them out."""
 from __future__ import annotations
 
+import json
 import uuid
 
 from handlers.errors import InputError
-from handlers.inputs import NATIVE, V1, V2, ParsedRequest
+from handlers.inputs import ENVELOPE_V2, NATIVE, V1, V2, ParsedRequest
 from handlers.spec import ModelSpec
 
 Result = dict | InputError
@@ -27,7 +28,14 @@ def v2_outputs(results: list[dict]) -> list[dict]:
             {"name": "probabilities", "datatype": "FP32", "shape": [n, k], "data": probs}]
 
 
-def render(req: ParsedRequest, results: list[Result], spec: ModelSpec) -> tuple[int, dict]:
+def render(req: ParsedRequest, results: list[Result], spec: ModelSpec) -> tuple[int, dict | str]:
+    if req.protocol == ENVELOPE_V2:
+        # The stock envelope turns each returned value into a BYTES output tensor named after
+        # the input: the top-k (or the error) travels as one JSON string.
+        error = req.error or next((r for r in results if isinstance(r, InputError)), None)
+        if error is not None:
+            return error.status, json.dumps(error.to_dict())
+        return 200, json.dumps(results[0])
     if req.error is not None:
         return req.error.status, req.error.to_dict()
     if req.protocol == NATIVE:

@@ -4,12 +4,13 @@ speak another protocol (raw bytes, multipart, JSON, KServe v1, OIP v2 REST); all
 batch go through the model in one forward pass, and each request gets its own status and body."""
 from __future__ import annotations
 
+import json
 import logging
 
 import torch
 
 from handlers.classifier import ImageClassifier
-from handlers.inputs import parse_row
+from handlers.inputs import is_envelope_input, parse_envelope_input, parse_row
 from handlers.responses import render
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,19 @@ class TorchServeImageClassifier:
         spec = self.classifier.spec
         log.info("loaded %s v%s on %s (%d classes)", spec.name, spec.version, device, len(spec.labels))
 
-    def handle(self, data: list[dict], context) -> list[dict]:
+    def _reply(self, context, idx: int, status: int, phrase: str) -> None:
+        context.set_response_status(status, phrase, idx)
+        context.set_response_content_type(idx, "application/json")
+        context.set_response_header(idx, "x-model-version", self.classifier.spec.version)
+
+    def handle(self, data: list[dict], context) -> list[dict | str]:
         max_bytes = self.classifier.max_bytes
-        requests = [parse_row(row, max_bytes, _content_type(context, i), _header(context, i, "X-TopK"))
-                    for i, row in enumerate(data)]
+        enveloped = bool(data) and all(is_envelope_input(row) for row in data)
+        if enveloped:  # rows are the input tensors of ONE request (see handlers.inputs)
+            requests = [parse_envelope_input(row, max_bytes) for row in data]
+        else:
+            requests = [parse_row(row, max_bytes, _content_type(context, i), _header(context, i, "X-TopK"))
+                        for i, row in enumerate(data)]
         images, ks, owners = [], [], []
         for r, req in enumerate(requests):
             if req.error is None:
@@ -60,11 +70,11 @@ class TorchServeImageClassifier:
         for owner, result in zip(owners, flat):
             per_request[owner].append(result)
 
-        out = []
-        for idx, (req, results) in enumerate(zip(requests, per_request)):
-            status, body = render(req, results, self.classifier.spec)
-            context.set_response_status(status, body.get("error", "") if status != 200 else "", idx)
-            context.set_response_content_type(idx, "application/json")
-            context.set_response_header(idx, "x-model-version", self.classifier.spec.version)
-            out.append(body)
-        return out
+        rendered = [render(req, results, self.classifier.spec) for req, results in zip(requests, per_request)]
+        if enveloped:  # one request: its status is the worst of its inputs'
+            status, body = max(rendered, key=lambda r: r[0])
+            self._reply(context, 0, status, json.loads(body).get("error", "") if status != 200 else "")
+        else:
+            for idx, (status, body) in enumerate(rendered):
+                self._reply(context, idx, status, body.get("error", "") if status != 200 else "")
+        return [body for _, body in rendered]

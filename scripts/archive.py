@@ -28,6 +28,17 @@ HANDLERS_DIR = REPO / "handlers"
 HANDLER_ENTRY = HANDLERS_DIR / "torchserve_handler.py"
 
 
+# Server-wide protocol configurations. "native" serves raw/multipart/JSON, KServe v1 and OIP v2
+# REST on the same endpoints (our handler reads each request's envelope) plus TorchServe gRPC.
+# "oip" adds TorchServe's OIP gRPC, which 0.12 offers only behind its stock kservev2 envelope:
+# that envelope reads one request per batch (so batch size 1) and breaks raw /predictions calls.
+# TorchServe 0.12 reads these two keys from config.properties only (TS_* variables are ignored).
+PROTOCOLS = {
+    "native": {},
+    "oip": {"service_envelope": "kservev2", "ts_open_inference_protocol": "true"},
+}
+
+
 class ArchiveError(RuntimeError):
     pass
 
@@ -85,16 +96,19 @@ def max_request_size(max_image_bytes: int) -> int:
 
 
 def config_properties(model_store: Path, settings: ServingSettings,
-                      model_settings: ModelServingSettings) -> str:
+                      model_settings: ModelServingSettings, protocol: str = "native") -> str:
     """TorchServe config for every `.mar` in the store, in KServe's storage layout. Defaults that
     TorchServe 0.12 gets wrong for serving are set on purpose (see the comments)."""
+    if protocol not in PROTOCOLS:
+        raise ArchiveError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOLS)}")
+    batch_size = 1 if PROTOCOLS[protocol] else model_settings.batch_size
     models = {}
     for mar in sorted(model_store.glob("*.mar")):
         m = read_manifest(mar)["model"]
         models.setdefault(m["modelName"], {})[m["modelVersion"]] = {
             "defaultVersion": True, "marName": mar.name,
             "minWorkers": model_settings.workers, "maxWorkers": model_settings.workers,
-            "batchSize": model_settings.batch_size, "maxBatchDelay": model_settings.max_batch_delay_ms,
+            "batchSize": batch_size, "maxBatchDelay": model_settings.max_batch_delay_ms,
             "responseTimeout": model_settings.response_timeout_s,
         }
     if not models:
@@ -121,26 +135,28 @@ def config_properties(model_store: Path, settings: ServingSettings,
         f"max_response_size={max_request_size(model_settings.max_image_bytes)}",
         f"model_store={KSERVE_MODEL_MOUNT}/model-store",
         f"model_snapshot={json.dumps(snapshot, separators=(',', ':'))}",
+        f"# protocol configuration: {protocol}",
+        *(f"{k}={v}" for k, v in PROTOCOLS[protocol].items()),
     ]
     return "\n".join(lines) + "\n"
 
 
 def write_config(out: Path, settings: ServingSettings | None = None,
-                 model_settings: ModelServingSettings | None = None) -> Path:
+                 model_settings: ModelServingSettings | None = None, protocol: str = "native") -> Path:
     path = out / "config" / "config.properties"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config_properties(out / "model-store", settings or ServingSettings(),
-                                      model_settings or ModelServingSettings()))
+                                      model_settings or ModelServingSettings(), protocol))
     return path
 
 
 def archive(checkpoint_path: Path, out: Path, name: str, version: str = "1.0", topk: int = 5,
-            model_settings: ModelServingSettings | None = None) -> tuple[Path, Path]:
+            model_settings: ModelServingSettings | None = None, protocol: str = "native") -> tuple[Path, Path]:
     model_settings = model_settings or ModelServingSettings()
     ckpt = checkpoint.load(checkpoint_path)
     spec, net_file = model_spec_from_checkpoint(ckpt, name, version, topk, model_settings)
     mar = build_mar(spec, ckpt["state_dict"], net_file, out / "model-store")
-    return mar, write_config(out, model_settings=model_settings)
+    return mar, write_config(out, model_settings=model_settings, protocol=protocol)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -153,6 +169,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=ModelServingSettings.workers)
     p.add_argument("--batch-size", type=int, default=ModelServingSettings.batch_size)
     p.add_argument("--max-batch-delay-ms", type=int, default=ModelServingSettings.max_batch_delay_ms)
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="native",
+                   help="native: REST native + KServe v1 + OIP v2 REST + TorchServe gRPC; oip: adds OIP gRPC")
     p.add_argument("--max-image-bytes", type=int, default=ModelServingSettings.max_image_bytes)
     p.add_argument("--max-image-pixels", type=int, default=ModelServingSettings.max_image_pixels)
     return p
@@ -165,7 +183,8 @@ def main(argv=None) -> int:
                               ModelServingSettings(workers=args.workers, batch_size=args.batch_size,
                                                    max_batch_delay_ms=args.max_batch_delay_ms,
                                                    max_image_bytes=args.max_image_bytes,
-                                                   max_image_pixels=args.max_image_pixels))
+                                                   max_image_pixels=args.max_image_pixels),
+                              args.protocol)
     except (ArchiveError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"archive: error: {e}", file=sys.stderr)
         return 2

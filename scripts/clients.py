@@ -104,6 +104,27 @@ def grpc_native(target: str, model: str, image: bytes, timeout: float = 30) -> d
     return body
 
 
+def grpc_oip_torchserve(target: str, model: str, image: bytes, timeout: float = 30) -> dict:
+    """TorchServe's own OIP gRPC service (archive --protocol oip). It is not the standard
+    `inference.GRPCInferenceService`, so KServe's client cannot call it: stubs from its jar."""
+    stubs = grpc_stubs.load()
+    pb = stubs.open_inference_grpc_pb2
+    tensor = pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1],
+                                                   contents=pb.InferTensorContents(bytes_contents=[image]))
+    with grpc.insecure_channel(target) as channel:
+        stub = stubs.open_inference_grpc_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            reply = stub.ModelInfer(pb.ModelInferRequest(model_name=model, inputs=[tensor]), timeout=timeout)
+        except grpc.RpcError as e:
+            raise PredictError(f"gRPC {e.code().name}: {e.details()}") from None
+    body = json.loads(reply.outputs[0].contents.bytes_contents[0])
+    if isinstance(body, str):  # the frontend JSON-encodes string outputs once more on some paths
+        body = json.loads(body)
+    if {"error", "reason", "code"} <= body.keys():  # answered OK regardless, as in grpc_native
+        raise PredictError(f"gRPC (handler status {body['code']}): {body['error']}")
+    return body
+
+
 def grpc_oip(target: str, model: str, images: list[bytes], topk: int | None = None) -> list[dict]:
     """Open Inference Protocol gRPC (`inference.GRPCInferenceService`, raw BYTES), with
     kserve.InferenceGRPCClient: the KServe-native runtime speaks it."""

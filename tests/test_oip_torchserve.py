@@ -1,0 +1,57 @@
+"""TorchServe's "oip" protocol configuration (archive --protocol oip): its OIP gRPC service behind
+the stock kservev2 envelope, on a real TorchServe. Our handler reads the envelope's rows."""
+import base64
+import shutil
+
+import pytest
+import requests
+
+from scripts import archive, clients
+from scripts.torchserve import TorchServe
+from tests.conftest import MODEL_NAME, assert_same_topk, loopback_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def oip_torchserve(store, tmp_path_factory):
+    oip_store = tmp_path_factory.mktemp("oip-store")
+    (oip_store / "model-store").mkdir()
+    shutil.copy2(store / "model-store" / f"{MODEL_NAME}.mar", oip_store / "model-store")
+    archive.write_config(oip_store, protocol="oip")
+    ts = TorchServe(oip_store, loopback_settings(), tmp_path_factory.mktemp("oip-run"))
+    ts.start(timeout=180)
+    yield ts
+    ts.stop()
+
+
+def test_oip_config_sets_the_envelope_and_batch_size_one(oip_torchserve):
+    text = oip_torchserve.config.read_text()
+    assert "service_envelope=kservev2" in text and "ts_open_inference_protocol=true" in text
+    (described,) = oip_torchserve.model_status(MODEL_NAME)
+    assert described["batchSize"] == 1
+
+
+def test_oip_grpc_returns_the_same_topk_as_native(oip_torchserve, torchserve, samples):
+    out_dir, listed = samples
+    target = f"{oip_torchserve.settings.host}:{oip_torchserve.settings.grpc_inference_port}"
+    for s in listed[:3]:
+        png = (out_dir / s["file"]).read_bytes()
+        assert_same_topk(clients.grpc_oip_torchserve(target, MODEL_NAME, png),
+                         clients.rest_native(torchserve.settings.inference_url, MODEL_NAME, png))
+
+
+def test_oip_grpc_bad_image_is_named_and_the_server_keeps_serving(oip_torchserve, samples):
+    out_dir, listed = samples
+    target = f"{oip_torchserve.settings.host}:{oip_torchserve.settings.grpc_inference_port}"
+    with pytest.raises(clients.PredictError, match="not an image"):
+        clients.grpc_oip_torchserve(target, MODEL_NAME, b"not an image")
+    ok = clients.grpc_oip_torchserve(target, MODEL_NAME, (out_dir / listed[0]["file"]).read_bytes())
+    assert next(iter(ok)) == listed[0]["label"]
+
+
+def test_v2_rest_through_the_envelope_gets_a_4xx_for_a_bad_image(oip_torchserve):
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                        "data": [base64.b64encode(b"junk").decode()]}]}
+    r = requests.post(f"{oip_torchserve.settings.inference_url}/v2/models/{MODEL_NAME}/infer", json=body, timeout=30)
+    assert r.status_code == 400
