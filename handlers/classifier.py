@@ -11,6 +11,7 @@ import torch
 
 from handlers.errors import InputError
 from handlers.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from handlers.metrics import Observation, Stopwatch
 from handlers.preprocess import bytes_to_tensor
 from handlers.spec import WEIGHTS_FILE, ModelSpec
 
@@ -66,23 +67,35 @@ class ImageClassifier:
                 for vs, ix in zip(values.tolist(), indices.tolist())]
 
     def predict(self, payloads: Sequence[bytes | bytearray | InputError],
-                topk: int | None | Sequence[int | None] = None) -> list[Result]:
+                topk: int | None | Sequence[int | None] = None,
+                obs: Observation | None = None) -> list[Result]:
         """One result per payload, in order, in one forward pass. A bad payload (or an InputError
         a transport already raised while decoding the request) becomes that slot's error; the
-        others still run. `topk` is one k for all, or one per payload (None: the spec's default)."""
+        others still run. `topk` is one k for all, or one per payload (None: the spec's default).
+        `obs`, when given, receives stage timings, the batch size, top-1 labels and rejections."""
         ks = list(topk) if isinstance(topk, (list, tuple)) else [topk] * len(payloads)
         results: list[Result | None] = [None] * len(payloads)
         good, tensors = [], []
-        for i, payload in enumerate(payloads):
-            try:
-                if isinstance(payload, InputError):
-                    raise payload
-                tensors.append(self.preprocess(payload))
-                good.append(i)
-            except InputError as e:
-                results[i] = e
+        with Stopwatch(obs, "preprocess"):
+            for i, payload in enumerate(payloads):
+                try:
+                    if isinstance(payload, InputError):
+                        raise payload
+                    tensors.append(self.preprocess(payload))
+                    good.append(i)
+                except InputError as e:
+                    results[i] = e
         if tensors:
-            probs = self.infer(torch.stack(tensors))
-            for row, i in enumerate(good):
-                results[i] = self.postprocess(probs[row:row + 1], ks[i])[0]
+            with Stopwatch(obs, "inference"):
+                probs = self.infer(torch.stack(tensors))
+            with Stopwatch(obs, "postprocess"):
+                for row, i in enumerate(good):
+                    results[i] = self.postprocess(probs[row:row + 1], ks[i])[0]
+        if obs is not None:
+            obs.batch_size += len(tensors)
+            for r in results:
+                if isinstance(r, InputError):
+                    obs.rejected[r.reason] += 1
+                else:
+                    obs.predicted[next(iter(r))] += 1
         return results  # type: ignore[return-value]

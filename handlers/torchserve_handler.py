@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import torch
 
 from handlers.classifier import ImageClassifier
 from handlers.inputs import is_envelope_input, parse_envelope_input, parse_row
+from handlers.metrics import Observation, Stopwatch, TorchServeMetrics
 from handlers.responses import render
 
 log = logging.getLogger(__name__)
@@ -35,15 +37,20 @@ def _content_type(context, idx: int) -> str | None:
 class TorchServeImageClassifier:
     def __init__(self):
         self.classifier: ImageClassifier | None = None
+        self.metrics: TorchServeMetrics | None = None
         self.initialized = False
 
     def initialize(self, context) -> None:
         props = context.system_properties
         gpu_id = props.get("gpu_id")
         device = f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu"
+        start = time.perf_counter()
         self.classifier = ImageClassifier.load(props["model_dir"], device=device)
-        self.initialized = True
         spec = self.classifier.spec
+        self.metrics = TorchServeMetrics(context.metrics, spec.version) if context.metrics else None
+        if self.metrics:
+            self.metrics.model_loaded(time.perf_counter() - start)
+        self.initialized = True
         log.info("loaded %s v%s on %s (%d classes)", spec.name, spec.version, device, len(spec.labels))
 
     def _reply(self, context, idx: int, status: int, phrase: str) -> None:
@@ -52,6 +59,14 @@ class TorchServeImageClassifier:
         context.set_response_header(idx, "x-model-version", self.classifier.spec.version)
 
     def handle(self, data: list[dict], context) -> list[dict | str]:
+        obs = Observation()
+        with Stopwatch(obs, "handle"):
+            out = self._handle(data, context, obs)
+        if self.metrics:
+            self.metrics.record(obs)
+        return out
+
+    def _handle(self, data: list[dict], context, obs: Observation) -> list[dict | str]:
         max_bytes = self.classifier.max_bytes
         enveloped = bool(data) and all(is_envelope_input(row) for row in data)
         if enveloped:  # rows are the input tensors of ONE request (see handlers.inputs)
@@ -61,11 +76,13 @@ class TorchServeImageClassifier:
                         for i, row in enumerate(data)]
         images, ks, owners = [], [], []
         for r, req in enumerate(requests):
-            if req.error is None:
+            if req.error is not None:
+                obs.rejected[req.error.reason] += 1
+            else:
                 images += req.images
                 ks += [req.topk] * len(req.images)
                 owners += [r] * len(req.images)
-        flat = self.classifier.predict(images, ks)
+        flat = self.classifier.predict(images, ks, obs)
         per_request: list[list] = [[] for _ in requests]
         for owner, result in zip(owners, flat):
             per_request[owner].append(result)

@@ -121,8 +121,10 @@ def config_properties(model_store: Path, settings: ServingSettings,
     lines += [f"{k}={v}" for k, v in settings.torchserve_properties().items()]
     lines += [
         "enable_envvars_config=true",
-        "# Prometheus text on the metrics port (TorchServe's default is log files only).",
+        "# Prometheus text on the metrics port (TorchServe's default is log files only), including",
+        "# the handler's own metrics (handlers/metrics.py).",
         "metrics_mode=prometheus",
+        "model_metrics_auto_detect=true",
         "# Models are fixed at start-up from model_snapshot: no registration over HTTP.",
         "enable_model_api=false",
         "# Token auth off: listeners are loopback locally; in a cluster the management port is",
