@@ -13,7 +13,7 @@ CKPT    := $(RUN_DIR)/model.pt
 IMAGENET_CKPT := runs/imagenet/model.pt
 CONFIG  := $(STORE)/config/config.properties
 
-.PHONY: help setup demo test train evaluate archive serve stop status predict ui clean
+.PHONY: help setup demo test train evaluate archive serve kserve stop status predict ui clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ archive: setup $(CKPT) $(IMAGENET_CKPT)  ## build both .mar files (custom + imag
 
 serve: setup $(CONFIG)  ## start TorchServe in the background; returns when workers are READY
 	$(PY) -m scripts.serve start --store $(STORE)
+
+kserve: setup $(CONFIG)  ## KServe-native runtime over the same .mar files: v1/v2 REST :8085, gRPC :8086 (foreground)
+	$(PY) -m scripts.kserve_runtime --model-store $(STORE)/model-store $(KSERVE_ARGS)
 
 stop: setup  ## stop the TorchServe started by `make serve`
 	$(PY) -m scripts.serve stop

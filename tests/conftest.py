@@ -120,3 +120,12 @@ def assert_same_topk(got: dict, expected: dict, abs_tol: float = 1e-5) -> None:
     forward passes take different kernels)."""
     assert list(got) == list(expected)
     assert got == pytest.approx(expected, abs=abs_tol)
+
+
+def metric_value(text: str, name: str, **labels) -> float:
+    """Sum of the samples of `name` in Prometheus text whose labels include `labels` (any order)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

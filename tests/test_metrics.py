@@ -9,7 +9,7 @@ import requests
 from handlers import metrics as m
 from handlers.classifier import ImageClassifier
 from handlers.errors import EmptyInput
-from tests.conftest import MODEL_NAME
+from tests.conftest import MODEL_NAME, metric_value as value
 
 
 def test_predict_fills_the_observation(unpacked_mar, samples):
@@ -42,14 +42,6 @@ def test_prometheus_backend_uses_the_same_names_and_labels():
 
 def scrape(ts) -> str:
     return requests.get(ts.settings.metrics_url, timeout=10).text
-
-
-def value(text: str, name: str, **labels) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 @pytest.mark.integration
