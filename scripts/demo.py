@@ -15,6 +15,7 @@ from skimage import data as skdata
 from model import data, evaluate, imagenet, train
 from scripts import archive
 from scripts.predict import PredictError, predict
+from handlers.metrics import PREDICTIONS, REJECTED
 from scripts.settings import METRIC_LATENCY_US, METRIC_REQUESTS_TOTAL, ServingSettings
 from scripts.torchserve import TorchServe, TorchServeError
 
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
         text = requests.get(settings.metrics_url, timeout=10).text
         print(f"Prometheus metrics: {settings.metrics_url}")
         for line in text.splitlines():
-            if line.startswith((METRIC_REQUESTS_TOTAL, METRIC_LATENCY_US)):
+            if line.startswith((METRIC_REQUESTS_TOTAL, METRIC_LATENCY_US, PREDICTIONS, REJECTED)):
                 print(f"  {line}")
     finally:
         step("stop")

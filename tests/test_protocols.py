@@ -138,3 +138,30 @@ def test_decompression_bomb_and_oversized_body_are_refused_and_server_survives(a
     ok = requests.post(f"{api}/predictions/{MODEL_NAME}", data=images[0][0], timeout=30)
     assert ok.status_code == 200
     assert_same_topk(ok.json(), reference[0])
+
+
+def modes_of(png: bytes) -> dict[str, bytes]:
+    """The same real image in the awkward forms clients send: CMYK JPEG, 16-bit PNG, gray+alpha,
+    a 2-frame animated GIF (the first frame counts) and an EXIF-rotated JPEG."""
+    img = Image.open(io.BytesIO(png)).convert("L")
+    sixteen = Image.fromarray(np.asarray(img, dtype=np.uint16) * 257)
+    gif = io.BytesIO()
+    img.save(gif, "GIF", save_all=True, append_images=[Image.new("L", img.size, 255)], duration=100)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored rotated 90° clockwise; viewers (and we) rotate it back
+    rotated = png_bytes(img.rotate(-90, expand=True), "JPEG", quality=100, exif=exif)
+    return {"cmyk-jpeg": png_bytes(img.convert("CMYK"), "JPEG", quality=100), "png-16bit": png_bytes(sixteen),
+            "png-la": png_bytes(img.convert("LA")), "gif-animated": gif.getvalue(), "jpeg-exif-rotated": rotated}
+
+
+def test_awkward_modes_are_served_like_in_process(api, images, unpacked_mar):
+    from handlers.classifier import ImageClassifier
+
+    reference = ImageClassifier.load(unpacked_mar)
+    png, label = images[0]
+    for name, body in modes_of(png).items():
+        r = requests.post(f"{api}/predictions/{MODEL_NAME}", data=body, timeout=30)
+        assert r.status_code == 200, (name, r.text)
+        assert_same_topk(r.json(), reference.predict([body])[0])
+        if name in ("png-16bit", "png-la", "gif-animated", "jpeg-exif-rotated"):  # upright again: the original answer
+            assert next(iter(r.json())) == label, name
