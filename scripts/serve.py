@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from scripts.settings import ServingSettings
-from scripts.torchserve import (TorchServe, TorchServeError, process_alive, read_pid,
-                                snapshot_models, stop_process_group)
+from scripts.process import process_alive, read_pid, stop_process_group
+from scripts.torchserve import TorchServe, TorchServeError, snapshot_models
 
 
 def print_urls(ts: TorchServe) -> None:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import subprocess
 import sys
-import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,7 +28,7 @@ from handlers.classifier import ImageClassifier
 from handlers.inputs import MAX_IMAGES_PER_REQUEST, parse_row
 from scripts import kserve_runtime
 from scripts.settings import ServingSettings
-from scripts.torchserve import stop_process_group
+from scripts.process import ServerProcess
 from tests.conftest import IMAGENET_NAME, MODEL_NAME, assert_same_topk, free_ports, png_bytes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,35 +43,29 @@ def run(coro):
     return asyncio.run(coro)
 
 
-class Runtime:
+class Runtime(ServerProcess):
     """`python -m scripts.kserve_runtime` in its own process group, stopped by PID."""
 
+    name = "KServe-native runtime"
+
     def __init__(self, model_store: Path, run_dir: Path):
-        self.tmp = run_dir / "tmp"  # where it unpacks the archives: its own, to check the clean-up
+        super().__init__(run_dir, "kserve-runtime.out")
+        self.tmp = self.run_dir / "tmp"  # where it unpacks the archives: its own, to check the clean-up
         self.http_port, self.grpc_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.grpc_target = f"127.0.0.1:{self.grpc_port}"
-        self.log_file = run_dir / "kserve-runtime.out"
-        self.command = [sys.executable, "-m", "scripts.kserve_runtime", "--model-store", str(model_store),
-                        "--host", "127.0.0.1", "--http-port", str(self.http_port),
-                        "--grpc-port", str(self.grpc_port)]
-        self.proc: subprocess.Popen | None = None
+        self.model_store = model_store
 
-    def start(self, timeout: float = 120) -> "Runtime":
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "scripts.kserve_runtime", "--model-store", str(self.model_store),
+                "--host", "127.0.0.1", "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
+
+    def env(self) -> dict[str, str]:
         self.tmp.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            self.proc = subprocess.Popen(self.command, cwd=REPO, env={**os.environ, "TMPDIR": str(self.tmp)},
-                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        try:
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return {**os.environ, "TMPDIR": str(self.tmp)}
 
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+    def cwd(self) -> Path:
+        return REPO
 
     def ready(self) -> bool:
         try:
@@ -83,21 +75,6 @@ class Runtime:
                 return GRPCInferenceServiceStub(channel).ServerReady(pb.ServerReadyRequest(), timeout=2).ready
         except (requests.RequestException, grpc.RpcError):
             return False
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"runtime exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self.ready():
-                return
-            time.sleep(0.3)
-        raise RuntimeError(f"runtime not ready after {timeout:.0f} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process_group(self.proc.pid, timeout=30)
-            self.proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")

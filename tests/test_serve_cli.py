@@ -6,7 +6,8 @@ import zipfile
 import pytest
 
 from scripts import predict, serve
-from scripts.torchserve import TorchServe, TorchServeError, process_alive, read_pid
+from scripts.process import process_alive, read_pid
+from scripts.torchserve import TorchServe, TorchServeError
 from tests.conftest import MODEL_NAME, loopback_settings
 
 pytestmark = pytest.mark.integration

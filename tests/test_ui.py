@@ -15,9 +15,7 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,6 +24,7 @@ import requests
 from playwright.sync_api import Page, expect, sync_playwright
 
 from scripts import ui_server
+from scripts.process import ServerProcess
 from scripts.settings import ServingSettings
 from scripts.torchserve import TorchServe, snapshot_models
 from tests.conftest import MODEL_NAME, free_ports, loopback_settings
@@ -53,47 +52,39 @@ def serve_env(settings: ServingSettings) -> dict[str, str]:
     return env
 
 
-class UiServer:
-    """`python -m scripts.ui_server` as a child process, stopped by its handle."""
+class UiServer(ServerProcess):
+    """`python -m scripts.ui_server` in its own process group, stopped by PID."""
+
+    name = "ui_server"
+    poll_seconds = 0.1
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path):
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "scripts.ui_server", *args], cwd=REPO,
-                                         env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        super().__init__(log.parent, log.name)
+        self.args, self._env = args, env
         self.url = f"http://127.0.0.1:{env['SERVE_UI_PORT']}"
 
-    def wait_ready(self, timeout: float = 90) -> "UiServer":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ui_server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if requests.get(f"{self.url}/config.json", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"ui_server not answering after {timeout} s:\n{self.output()}")
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "scripts.ui_server", *self.args]
+
+    def env(self) -> dict[str, str]:
+        return self._env
+
+    def cwd(self) -> Path:
+        return REPO
+
+    def ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/config.json", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")
+        return self.log_file.read_text(errors="replace")
 
     def interrupt(self, timeout: float = 10) -> int:
         """Ctrl-C, as in a terminal."""
         self.proc.send_signal(signal.SIGINT)
         return self.proc.wait(timeout=timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
 
 
 def drop_file(page: Page, selector: str, name: str, data: bytes, mime: str) -> None:
@@ -140,9 +131,8 @@ def ui_torchserve(store, ui_settings, tmp_path_factory):
 def page_server(store, ui_torchserve, tmp_path_factory):
     """The page, served by the CLI with the same SERVE_* settings as the TorchServe (no --api)."""
     log = tmp_path_factory.mktemp("ui-server") / "ui_server.out"
-    server = UiServer(["--store", str(store)], serve_env(ui_torchserve.settings), log)
+    server = UiServer(["--store", str(store)], serve_env(ui_torchserve.settings), log).start(timeout=90)
     try:
-        server.wait_ready()
         yield server
     finally:
         server.stop()
@@ -288,9 +278,8 @@ def test_cli_lists_every_model_points_at_api_and_stops_on_ctrl_c(browser, tmp_pa
     port, closed_port = free_ports(2)
     api = f"http://127.0.0.1:{closed_port}"  # e.g. a cluster endpoint; nothing listens here
     env = serve_env(dataclasses.replace(ServingSettings(), ui_port=port, cors_origin=f"http://127.0.0.1:{port}"))
-    server = UiServer(["--store", str(store), "--api", api + "/"], env, tmp_path / "ui.out")
+    server = UiServer(["--store", str(store), "--api", api + "/"], env, tmp_path / "ui.out").start(timeout=90)
     try:
-        server.wait_ready()
         config = requests.get(f"{server.url}/config.json", timeout=5)
         assert config.json() == {"api": api, "models": ["fashion-mnist", "imagenet"]}
         assert f"connect-src 'self' {api};" in config.headers["content-security-policy"]
