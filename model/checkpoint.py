@@ -14,7 +14,9 @@ FORMAT = 1
 
 
 def save(path: Path, net: torch.nn.Module, *, arch: str, arch_kwargs: dict, labels: list[str],
-         spec: PreprocessSpec, args: dict, epoch: int, metrics: dict | None = None) -> Path:
+         spec: PreprocessSpec, args: dict, epoch: int, metrics: dict | None = None,
+         train_state: dict | None = None) -> Path:
+    """`train_state` (optimizer, scheduler, RNG states, history) makes a checkpoint resumable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
@@ -27,6 +29,7 @@ def save(path: Path, net: torch.nn.Module, *, arch: str, arch_kwargs: dict, labe
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()},
         "epoch": epoch,
         "metrics": metrics or {},
+        **({"train_state": train_state} if train_state is not None else {}),
     }, path)
     return path
 

@@ -1,5 +1,8 @@
 import json
 
+import pytest
+import torch
+
 from model import checkpoint
 
 
@@ -22,3 +25,61 @@ def test_training_learns(trained):
 def test_training_writes_an_evaluation_report(trained):
     report = json.loads((trained.parent / "eval.json").read_text())
     assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "n"} <= set(report)
+
+
+def small_run(data_dir, out, *extra) -> list[str]:
+    return ["--data-dir", str(data_dir), "--output-dir", str(out), "--train-limit", "1500",
+            "--test-limit", "300", "--batch-size", "64", "--seed", "3", *extra]
+
+
+def test_resume_gives_the_same_model_as_an_uninterrupted_run(data_dir, tmp_path):
+    from model import train
+
+    train.main(small_run(data_dir, tmp_path / "full", "--epochs", "2", "--augment"))
+    train.main(small_run(data_dir, tmp_path / "part", "--epochs", "2", "--augment", "--stop-after-epoch", "1"))
+    assert checkpoint.load(tmp_path / "part" / "last.pt")["epoch"] == 1
+    # schedule, optimizer and RNG states come from last.pt
+    train.main(small_run(data_dir, tmp_path / "resumed", "--epochs", "2", "--augment",
+                         "--resume", str(tmp_path / "part" / "last.pt")))
+    full = checkpoint.load(tmp_path / "full" / "model.pt")["state_dict"]
+    resumed = checkpoint.load(tmp_path / "resumed" / "model.pt")["state_dict"]
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_validation_selects_the_best_epoch_and_stops_early(data_dir, tmp_path):
+    from model import train
+
+    train.main(small_run(data_dir, tmp_path, "--epochs", "6", "--val-fraction", "0.2", "--opt", "sgd",
+                         "--sched", "cosine", "--warmup-epochs", "1", "--lr", "0.05", "--clip-grad-norm", "1.0",
+                         "--monitor", "macro_f1", "--patience", "1"))
+    history = checkpoint.load(tmp_path / "model.pt")["metrics"]["history"]
+    scores = [h["val_macro_f1"] for h in history]
+    best_epoch = 1 + scores.index(max(scores))
+    assert checkpoint.load(tmp_path / "model.pt")["epoch"] == best_epoch
+    assert checkpoint.load(tmp_path / "best.pt")["epoch"] == best_epoch
+    stopped_early = len(history) < 6
+    assert stopped_early == (len(history) - best_epoch >= 1)  # patience 1: one stale epoch ends it
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_image_folder_with_a_split_manifest_and_measured_statistics(test_split, tmp_path):
+    from model import data, split, train
+
+    folder = tmp_path / "folder"
+    data.export_image_folder(test_split, folder, per_class=30)
+    assert split.main(["--image-folder", str(folder), "--fractions", "0.6", "0.2", "0.2", "--seed", "0",
+                       "--output", str(tmp_path / "split.json")])
+    train.main(["--image-folder", str(folder), "--manifest", str(tmp_path / "split.json"), "--channels", "1",
+                "--image-size", "28", "--epochs", "2", "--output-dir", str(tmp_path / "run")])
+    ckpt = checkpoint.load(tmp_path / "run" / "model.pt")
+    assert ckpt["labels"] == sorted(data.slug(c) for c in test_split.classes)  # ImageFolder: sorted folders
+    assert ckpt["preprocess"]["mean"][0] == pytest.approx(0.286, abs=0.03)  # measured on the train split
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert report["n"] == 60 and report["source"]["image_folder"] == str(folder)
+
+
+def test_folder_data_without_a_manifest_is_a_clear_error(tmp_path):
+    from model import train
+
+    with pytest.raises(SystemExit, match="--manifest"):
+        train.main(["--image-folder", str(tmp_path), "--output-dir", str(tmp_path / "run")])
