@@ -14,9 +14,11 @@ validation split, else the last), last.pt (full training state, for --resume) an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from handlers.preprocess import PreprocessSpec, normalize
-from model import checkpoint, data, evaluate, nets, presets, split, stats
+from model import checkpoint, data, evaluate, nets, presets, split, stats, tracking
 from model.utils import pick_device, seed_everything, set_threads
 
 
@@ -69,6 +71,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     r.add_argument("--output-dir", type=Path, default=Path("runs/fashion-mnist"))
+    r.add_argument("--no-report", dest="report", action="store_false",
+                   help="skip the evaluation report (python -m model.report) after training")
+    r.add_argument("--mlflow-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the local ./mlruns store)")
+    r.add_argument("--experiment", default=None, help="MLflow experiment (default: the data source's name)")
+    r.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not track the run")
     return p
 
 
@@ -165,6 +173,120 @@ def train_one_epoch(net, optimizer, scheduler, x, y, spec, args, device, gen, ep
     return total / seen
 
 
+@dataclass
+class Progress:
+    """What a resumed run continues from (saved in last.pt)."""
+
+    history: list = field(default_factory=list)
+    best: dict | None = None  # {"score", "epoch"} of the best validation epoch
+    stale: int = 0  # epochs since the best one
+    train_seconds: float = 0.0
+
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    net: torch.nn.Module
+    arch_kwargs: dict
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    spec: PreprocessSpec
+    labels: list[str]
+    gen: torch.Generator
+    device: torch.device
+    tensors: dict  # x_train, y_train, x_val, y_val, x_test, y_test
+    source: dict
+    progress: Progress = field(default_factory=Progress)
+    next_epoch: int = 1
+
+    def save(self, name: str, epoch: int, metrics: dict, **extra) -> Path:
+        a = self.args
+        return checkpoint.save(a.output_dir / name, self.net, arch=a.arch, arch_kwargs=self.arch_kwargs,
+                               labels=self.labels, spec=self.spec, args=vars(a), epoch=epoch,
+                               metrics=metrics, **extra)
+
+    def resume(self, path: Path) -> None:
+        state = checkpoint.load(path)
+        self.net.load_state_dict(state["state_dict"])
+        t = state["train_state"]
+        self.optimizer.load_state_dict(t["optimizer"])
+        self.scheduler.load_state_dict(t["scheduler"])
+        self.gen.set_state(t["generator"])
+        torch.set_rng_state(t["torch_rng"])
+        self.progress = Progress(**t["progress"])
+        self.next_epoch = state["epoch"] + 1
+        print(f"resumed from {path} after epoch {state['epoch']}")
+
+    def validate(self, epoch: int, row: dict) -> None:
+        a, p, t = self.args, self.progress, self.tensors
+        m = evaluate.evaluate(self.net, t["x_val"], t["y_val"], self.spec, self.labels, device=self.device)
+        row.update(val_accuracy=round(m["accuracy"], 5), val_macro_f1=round(m["macro_f1"], 5))
+        score = m[a.monitor]
+        if p.best is None or score > p.best["score"]:
+            p.best, p.stale = {"score": score, "epoch": epoch}, 0
+            self.save("best.pt", epoch, {f"val_{a.monitor}": score})
+        else:
+            p.stale += 1
+        print(f"epoch {epoch}: val {a.monitor} {score:.4f} (best {p.best['score']:.4f} at epoch {p.best['epoch']})")
+
+    def fit(self, tracker) -> dict:
+        """The epochs (validation, best-epoch selection, early stopping, resumable state), then
+        the test evaluation, the report and the tracked artifacts."""
+        a, p, t = self.args, self.progress, self.tensors
+        for epoch in range(self.next_epoch, a.epochs + 1):
+            start = time.perf_counter()
+            loss = train_one_epoch(self.net, self.optimizer, self.scheduler, t["x_train"], t["y_train"],
+                                   self.spec, a, self.device, self.gen, epoch)
+            p.train_seconds += time.perf_counter() - start
+            row = {"epoch": epoch, "train_loss": round(loss, 5)}
+            if t["x_val"] is not None:
+                self.validate(epoch, row)
+            p.history.append(row)
+            tracker.metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            self.save("last.pt", epoch, {}, train_state={
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "progress": dataclasses.asdict(p)})
+            if a.patience is not None and p.stale >= a.patience:
+                print(f"early stop: no {a.monitor} improvement for {p.stale} epochs")
+                break
+            if a.stop_after_epoch and epoch >= a.stop_after_epoch:
+                print(f"stopping after epoch {epoch}: continue with --resume {a.output_dir / 'last.pt'}")
+                break
+        return self.finish(tracker)
+
+    def finish(self, tracker) -> dict:
+        a, p, t = self.args, self.progress, self.tensors
+        if p.best is not None:  # the selected model is the best validation epoch
+            self.net.load_state_dict(checkpoint.load(a.output_dir / "best.pt")["state_dict"])
+        metrics = evaluate.evaluate(self.net, t["x_test"], t["y_test"], self.spec, self.labels, device=self.device)
+        path = self.save("model.pt", p.best["epoch"] if p.best else p.history[-1]["epoch"],
+                         {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                          "train_seconds": round(p.train_seconds, 1), "history": p.history})
+        evaluate.write_report(metrics, a.output_dir / "eval.json", checkpoint=str(path), source=self.source,
+                              train_seconds=round(p.train_seconds, 1))
+        print(f"trained {len(p.history)} epochs in {p.train_seconds:.1f} s")
+        evaluate.print_summary(metrics)
+        tracker.metrics({"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"],
+                         "train_seconds": p.train_seconds})
+        artifacts = [a.output_dir / "eval.json", a.manifest, a.clean_report]
+        if a.report:
+            from model import report  # matplotlib: only when a report is wanted
+            r = report.build_report(path, a.output_dir)
+            if "top5_accuracy" in r:
+                tracker.metrics({"test_top5_accuracy": r["top5_accuracy"]})
+            artifacts += [a.output_dir / f for f in ("report.json", "report.md", "confusion_matrix.png",
+                                                     "training_curves.png")]
+        for artifact in artifacts:
+            if artifact:
+                tracker.artifact(artifact)
+        tracker.artifact(path, "model")
+        print(f"checkpoint: {path}\nreport: {a.output_dir / ('report.md' if a.report else 'eval.json')}")
+        if tracker.uri:
+            print(f"MLflow run {tracker.run_id} in {tracker.uri} (browse: mlflow ui --backend-store-uri {tracker.uri})")
+        return metrics
+
+
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     if args.image_folder or args.csv:
@@ -177,70 +299,25 @@ def main(argv=None) -> dict:
     spec = preprocess_spec(args, train)
     print(f"device {device}, {threads} threads; {len(train)} train / {len(val) if val else 0} val / "
           f"{len(test)} test images, {len(labels)} classes")
-    (x_train, y_train), (x_val, y_val), (x_test, y_test) = (
-        to_tensors(train, spec, "train"), to_tensors(val, spec, "val"), to_tensors(test, spec, "test"))
+    tensors = {}
+    for name, ds in (("train", train), ("val", val), ("test", test)):
+        tensors[f"x_{name}"], tensors[f"y_{name}"] = to_tensors(ds, spec, name)
 
-    arch_kwargs = {"num_classes": len(labels), "in_channels": spec.channels}
-    if args.arch == "small_cnn":
-        arch_kwargs["width"] = args.width
+    arch_kwargs = {"num_classes": len(labels), "in_channels": spec.channels,
+                   **({"width": args.width} if args.arch == "small_cnn" else {})}
     net = nets.build(args.arch, **arch_kwargs).to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(net, args)
-    scheduler = make_scheduler(optimizer, args, math.ceil(len(x_train) / args.batch_size))
-    history, best, stale, first_epoch, train_seconds = [], None, 0, 1, 0.0
+    scheduler = make_scheduler(optimizer, args, math.ceil(len(tensors["x_train"]) / args.batch_size))
+    run = Run(args, net, arch_kwargs, optimizer, scheduler, spec, labels, gen, device, tensors, data.describe_source(args))
     if args.resume:
-        state = checkpoint.load(args.resume)
-        net.load_state_dict(state["state_dict"])
-        t = state["train_state"]
-        optimizer.load_state_dict(t["optimizer"])
-        scheduler.load_state_dict(t["scheduler"])
-        gen.set_state(t["generator"])
-        torch.set_rng_state(t["torch_rng"])
-        history, best, stale, train_seconds = t["history"], t["best"], t["stale"], t["train_seconds"]
-        first_epoch = state["epoch"] + 1
-        print(f"resumed from {args.resume} after epoch {state['epoch']}")
-
-    save = dict(arch=args.arch, arch_kwargs=arch_kwargs, labels=labels, spec=spec, args=vars(args))
-    for epoch in range(first_epoch, args.epochs + 1):
-        start = time.perf_counter()
-        loss = train_one_epoch(net, optimizer, scheduler, x_train, y_train, spec, args, device, gen, epoch)
-        train_seconds += time.perf_counter() - start
-        row = {"epoch": epoch, "train_loss": round(loss, 5)}
-        if x_val is not None:
-            m = evaluate.evaluate(net, x_val, y_val, spec, labels, device=device)
-            row.update(val_accuracy=round(m["accuracy"], 5), val_macro_f1=round(m["macro_f1"], 5))
-            score = m[args.monitor]
-            if best is None or score > best["score"]:
-                best, stale = {"score": score, "epoch": epoch}, 0
-                checkpoint.save(args.output_dir / "best.pt", net, epoch=epoch, metrics={f"val_{args.monitor}": score}, **save)
-            else:
-                stale += 1
-            print(f"epoch {epoch}: val {args.monitor} {score:.4f} (best {best['score']:.4f} at epoch {best['epoch']})")
-        history.append(row)
-        checkpoint.save(args.output_dir / "last.pt", net, epoch=epoch, metrics={}, **save, train_state={
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
-            "best": best, "stale": stale, "train_seconds": train_seconds})
-        if args.patience is not None and stale >= args.patience:
-            print(f"early stop: no {args.monitor} improvement for {stale} epochs")
-            break
-        if args.stop_after_epoch and epoch >= args.stop_after_epoch:
-            print(f"stopping after epoch {epoch}: continue with --resume {args.output_dir / 'last.pt'}")
-            break
-
-    if best is not None:  # the selected model is the best validation epoch
-        net.load_state_dict(checkpoint.load(args.output_dir / "best.pt")["state_dict"])
-    metrics = evaluate.evaluate(net, x_test, y_test, spec, labels, device=device)
-    path = checkpoint.save(args.output_dir / "model.pt", net, epoch=best["epoch"] if best else history[-1]["epoch"],
-                           metrics={"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-                                    "train_seconds": round(train_seconds, 1), "history": history}, **save)
-    evaluate.write_report(metrics, args.output_dir / "eval.json", checkpoint=str(path),
-                          source=data.describe_source(args), train_seconds=round(train_seconds, 1))
-    print(f"trained {len(history)} epochs in {train_seconds:.1f} s")
-    evaluate.print_summary(metrics)
-    print(f"checkpoint: {path}\nreport: {args.output_dir / 'eval.json'}")
-    return metrics
+        run.resume(args.resume)
+    experiment = args.experiment or run.source.get("dataset") or Path(args.image_folder or args.csv).stem
+    with tracking.start(args.mlflow, args.mlflow_uri, experiment, run_name=args.output_dir.name) as tracker:
+        tracker.params({**vars(args), "preprocess": spec.to_dict(), "train_images": len(train),
+                        "val_images": len(val) if val else 0, "test_images": len(test)})
+        return run.fit(tracker)
 
 
 if __name__ == "__main__":

@@ -75,3 +75,27 @@ def test_predict_cli_on_each_protocol(protocol, endpoints, samples, capsys):
                          "--grpc-target", target]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == f"{image}:" and printed[1].split(maxsplit=1)[1] == listed[0]["label"]
+
+
+@pytest.fixture(scope="module")
+def formats(samples):
+    """One real test image in every format and mode the issue names, as clients send them."""
+    from tests.test_protocols import encodings, modes_of
+
+    out_dir, listed = samples
+    png = (out_dir / listed[0]["file"]).read_bytes()
+    return {**encodings(png), **modes_of(png)}
+
+
+@pytest.mark.parametrize("protocol", ["rest", "v1", "v2", "grpc"])
+def test_every_protocol_takes_every_format(protocol, formats, endpoints, unpacked_mar):
+    from handlers.classifier import ImageClassifier
+
+    url, target = endpoints
+    reference = ImageClassifier.load(unpacked_mar)
+    names, bodies = list(formats), list(formats.values())
+    got = predict.predict_with(protocol, bodies, MODEL_NAME, url, target, None)
+    for name, body, answer in zip(names, bodies, got):
+        expected = reference.predict([body])[0]
+        assert list(answer) == list(expected), name
+        assert answer == pytest.approx(expected, abs=1e-5), name

@@ -83,3 +83,30 @@ def test_folder_data_without_a_manifest_is_a_clear_error(tmp_path):
 
     with pytest.raises(SystemExit, match="--manifest"):
         train.main(["--image-folder", str(tmp_path), "--output-dir", str(tmp_path / "run")])
+
+
+def test_runs_are_tracked_in_mlflow_with_their_artifacts(trained, mlflow_store):
+    """The session's `trained` fixture ran the real training CLI with tracking on."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_store)
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+              if r.data.params.get("output_dir") == str(trained.parent)]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "2" and run.data.params["train_limit"] == "6000"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
+    assert run.data.metrics["test_accuracy"] == pytest.approx(checkpoint.load(trained)["metrics"]["accuracy"])
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"eval.json", "report.md", "report.json", "confusion_matrix.png", "training_curves.png", "model"} <= names
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.pt"]
+
+
+def test_report_has_baseline_latency_and_plots(trained):
+    report = json.loads((trained.parent / "report.json").read_text())
+    assert report["baseline_accuracy"] < report["accuracy"]
+    assert 0.09 < report["baseline_accuracy"] < 0.12  # Fashion-MNIST classes are balanced
+    assert report["top5_accuracy"] >= report["accuracy"]
+    assert report["parameters"] == sum(t.numel() for t in checkpoint.build_net(checkpoint.load(trained)).parameters())
+    assert report["latency_ms"][0]["device"] == "cpu" and report["latency_ms"][0]["p50"] > 0
+    assert report["curves"] and (trained.parent / "training_curves.png").stat().st_size > 1000
+    assert "| accuracy |" in (trained.parent / "report.md").read_text()
