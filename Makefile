@@ -16,7 +16,7 @@ CONFIG  := $(STORE)/config/config.properties
 .PHONY: help setup demo test train evaluate archive serve kserve stop status predict ui clean
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup:  ## install system packages (Java, Fashion-MNIST, chromium) and the virtualenv, if missing
 	@bash scripts/setup.sh
@@ -71,3 +71,22 @@ ui: setup $(CONFIG)  ## the try-it page on 127.0.0.1:8090 for `make serve`'s mod
 
 clean:  ## remove build outputs and runs (keeps the virtualenv and data)
 	rm -rf build runs
+
+# --- Kubernetes (issue 5): the Helm chart is the source, k8s/ is rendered from it ------------------
+.PHONY: k8s k8s-check k8s-validate
+HELM := .tools/bin/helm
+
+k8s: setup  ## render charts/image-classifier into k8s/ (plain manifests + kustomization.yaml)
+	$(PY) -m scripts.k8s_render
+
+k8s-check: setup  ## fail if k8s/ is not up to date with the chart
+	$(PY) -m scripts.k8s_render --check
+
+k8s-validate: setup  ## helm lint --strict + strict offline schema validation of k8s/ (no cluster)
+	$(HELM) lint --strict charts/image-classifier
+	$(PY) -m scripts.k8s_validate k8s/*.yaml
+
+# --- Monitoring (issue 6): rules, alerts and dashboard from scripts/monitoring ----------------------
+.PHONY: monitor
+monitor: setup $(CONFIG)  ## Prometheus + bounded load on the local TorchServe (make serve, else started here) → PNG of the panels
+	$(PY) -m scripts.monitoring.monitor --store $(STORE) --data-dir $(DATA) $(MONITOR_ARGS)

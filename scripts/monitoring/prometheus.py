@@ -1,0 +1,94 @@
+"""A local Prometheus (Debian package `prometheus`, 2.42) for `make monitor` and the tests:
+prometheus.yml written here, our rules loaded, loopback only, storage in a temp folder,
+run as a ServerProcess and queried over its HTTP API."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import requests
+import yaml
+
+from scripts.monitoring import names as n
+from scripts.monitoring import rules
+from scripts.process import ServerError, ServerProcess
+
+JOB = "image-classifier"
+LOCAL_NAMESPACE = "local"  # what Kubernetes service discovery would set
+
+
+class PrometheusError(ServerError):
+    pass
+
+
+def binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise PrometheusError(f"{name} not found: install the Debian package `prometheus` (make setup does)")
+    return path
+
+
+def write_config(directory: Path, targets: list[str], interval: str = "1s") -> Path:
+    """prometheus.yml scraping `targets` (host:port of /metrics) as job JOB, with the rules file
+    beside it. The namespace target label stands in for Kubernetes' own."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "rules.yaml").write_text(yaml.safe_dump(rules.rules_file(), sort_keys=False, width=200))
+    config = {
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "rule_files": ["rules.yaml"],
+        "scrape_configs": [{"job_name": JOB, "metrics_path": "/metrics",
+                            "static_configs": [{"targets": targets, "labels": {n.NAMESPACE: LOCAL_NAMESPACE}}]}],
+    }
+    path = directory / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class Prometheus(ServerProcess):
+    name = "Prometheus"
+    error = PrometheusError
+
+    def __init__(self, run_dir: Path, config: Path, port: int, host: str = "127.0.0.1"):
+        super().__init__(run_dir, "prometheus.out")
+        self.config, self.port, self.host = Path(config).resolve(), port, host
+        self.url = f"http://{host}:{port}"
+
+    def command(self) -> list[str]:
+        return [binary("prometheus"), f"--config.file={self.config}", f"--web.listen-address={self.host}:{self.port}",
+                f"--storage.tsdb.path={self.run_dir / 'tsdb'}", "--storage.tsdb.retention.time=1d",
+                "--web.enable-lifecycle"]
+
+    def ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def api(self, path: str, **params) -> requests.Response:
+        return requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=10)
+
+    def query(self, expr: str) -> list[dict]:
+        """Instant query; raises PrometheusError with Prometheus' message for bad PromQL."""
+        resp = self.api("query", query=expr)
+        body = resp.json()
+        if resp.status_code != 200 or body.get("status") != "success":
+            raise PrometheusError(f"{resp.status_code} for {expr!r}: {body.get('error')}")
+        return body["data"]["result"]
+
+    def query_range(self, expr: str, start: float, end: float, step: float = 1.0) -> list[dict]:
+        resp = self.api("query_range", query=expr, start=start, end=end, step=step)
+        body = resp.json()
+        if resp.status_code != 200 or body.get("status") != "success":
+            raise PrometheusError(f"{resp.status_code} for {expr!r}: {body.get('error')}")
+        return body["data"]["result"]
+
+    def wait_for(self, expr: str, timeout: float = 30, poll: float = 0.5) -> list[dict]:
+        """Polls until `expr` returns at least one series."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.query(expr)
+            if result or time.monotonic() > deadline:
+                return result
+            time.sleep(poll)
