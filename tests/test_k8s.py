@@ -438,8 +438,10 @@ def test_core_kinds_validate_strictly(values, kube_version):
 @pytest.fixture(scope="module")
 def crds():
     if not CRDS.is_dir():
-        pytest.skip(f"no CRD folder {CRDS}: set CRDS_DIR to a folder with the KServe and "
-                    "prometheus-operator CRDs")
+        message = f"no CRD folder {CRDS}: set CRDS_DIR to a folder with the KServe and prometheus-operator CRDs"
+        if os.environ.get("CI"):  # CI always has ../shared beside the clone: never skip there
+            pytest.fail(message)
+        pytest.skip(message)
     os.environ.setdefault("CRDS_DIR", str(CRDS))
     return k8s_validate.load_crds(CRDS)
 
