@@ -21,6 +21,9 @@ NATIVE, V1, V2 = "native", "v1", "v2"
 # input tensor of the first request, {"name", "shape", "datatype", "data": <first element>}, with
 # BYTES already base64-encoded by the frontend.
 ENVELOPE_V2 = "envelope-v2"
+# TorchServe's stock kserve (v1) envelope hands the handler the `instances` of the first request,
+# one row per instance: {"b64"|"data": "<base64>"} or a bare base64 string.
+ENVELOPE_V1 = "envelope-v1"
 BODY_KEYS = ("body", "data")
 OPTION_KEYS = ("topk",)
 MAX_IMAGES_PER_REQUEST = 64
@@ -133,8 +136,18 @@ def _parse_v2(body: dict, max_bytes: int) -> ParsedRequest:
     return req
 
 
-def is_envelope_input(row: dict) -> bool:
-    return "datatype" in row and "name" in row and "shape" in row
+def is_envelope_input(row) -> bool:
+    return isinstance(row, dict) and "datatype" in row and "name" in row and "shape" in row
+
+
+def is_v1_envelope_instance(row) -> bool:
+    return isinstance(row, str) or (isinstance(row, dict) and bool(row) and set(row) <= {"b64", "data"}
+                                    and all(isinstance(v, str) for v in row.values()))
+
+
+def parse_v1_envelope_instance(row, max_bytes: int, index: int) -> ParsedRequest:
+    where = f"instances[{index}]"
+    return ParsedRequest(protocol=ENVELOPE_V1, input_name=where, images=[_image_or_error(row, max_bytes, where)])
 
 
 def parse_envelope_input(row: dict, max_bytes: int) -> ParsedRequest:

@@ -6,7 +6,7 @@ import json
 import uuid
 
 from handlers.errors import InputError
-from handlers.inputs import ENVELOPE_V2, NATIVE, V1, V2, ParsedRequest
+from handlers.inputs import ENVELOPE_V1, ENVELOPE_V2, NATIVE, V1, V2, ParsedRequest
 from handlers.spec import ModelSpec
 
 Result = dict | InputError
@@ -38,6 +38,12 @@ def render(req: ParsedRequest, results: list[Result], spec: ModelSpec) -> tuple[
         return 200, json.dumps(results[0])
     if req.error is not None:
         return req.error.status, req.error.to_dict()
+    if req.protocol == ENVELOPE_V1:  # the stock envelope wraps these into {"predictions": [...]}
+        (result,) = results
+        if isinstance(result, InputError):
+            error = located(result, req.input_name)
+            return error.status, error.to_dict()
+        return 200, result
     if req.protocol == NATIVE:
         (result,) = results
         return (result.status, result.to_dict()) if isinstance(result, InputError) else (200, result)

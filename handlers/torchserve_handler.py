@@ -11,7 +11,8 @@ import time
 import torch
 
 from handlers.classifier import ImageClassifier
-from handlers.inputs import is_envelope_input, parse_envelope_input, parse_row
+from handlers.inputs import (is_envelope_input, is_v1_envelope_instance, parse_envelope_input,
+                             parse_row, parse_v1_envelope_instance)
 from handlers.metrics import Observation, Stopwatch, TorchServeMetrics
 from handlers.responses import render
 
@@ -68,10 +69,13 @@ class TorchServeImageClassifier:
 
     def _handle(self, data: list[dict], context, obs: Observation) -> list[dict | str]:
         max_bytes = self.classifier.max_bytes
-        enveloped = bool(data) and all(is_envelope_input(row) for row in data)
-        if enveloped:  # rows are the input tensors of ONE request (see handlers.inputs)
-            requests = [parse_envelope_input(row, max_bytes) for row in data]
+        # Under a stock envelope the rows are the inputs of ONE request (see handlers.inputs).
+        if data and all(is_envelope_input(row) for row in data):
+            enveloped, requests = "v2", [parse_envelope_input(row, max_bytes) for row in data]
+        elif data and all(is_v1_envelope_instance(row) for row in data):
+            enveloped, requests = "v1", [parse_v1_envelope_instance(row, max_bytes, i) for i, row in enumerate(data)]
         else:
+            enveloped = None
             requests = [parse_row(row, max_bytes, _content_type(context, i), _header(context, i, "X-TopK"))
                         for i, row in enumerate(data)]
         images, ks, owners = [], [], []
@@ -88,9 +92,13 @@ class TorchServeImageClassifier:
             per_request[owner].append(result)
 
         rendered = [render(req, results, self.classifier.spec) for req, results in zip(requests, per_request)]
-        if enveloped:  # one request: its status is the worst of its inputs'
+        if enveloped == "v2":  # one request: its status is the worst of its inputs'
             status, body = max(rendered, key=lambda r: r[0])
             self._reply(context, 0, status, json.loads(body).get("error", "") if status != 200 else "")
+        elif enveloped == "v1":  # like our own v1: 200 unless every instance failed
+            ok = any(status == 200 for status, _ in rendered)
+            status, body = (200, {}) if ok else rendered[0]
+            self._reply(context, 0, status, "" if ok else body.get("error", ""))
         else:
             for idx, (status, body) in enumerate(rendered):
                 self._reply(context, idx, status, body.get("error", "") if status != 200 else "")

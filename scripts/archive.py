@@ -30,12 +30,14 @@ HANDLER_ENTRY = HANDLERS_DIR / "torchserve_handler.py"
 
 # Server-wide protocol configurations. "native" serves raw/multipart/JSON, KServe v1 and OIP v2
 # REST on the same endpoints (our handler reads each request's envelope) plus TorchServe gRPC.
-# "oip" adds TorchServe's OIP gRPC, which 0.12 offers only behind its stock kservev2 envelope:
-# that envelope reads one request per batch (so batch size 1) and breaks raw /predictions calls.
+# "oip" adds TorchServe's OIP gRPC, which 0.12 offers only behind its stock kservev2 envelope;
+# "v1" is TorchServe's stock kserve envelope (v1 REST only; native already serves v1 itself).
+# The stock envelopes read one request per batch (so batch size 1) and break raw /predictions.
 # TorchServe 0.12 reads these two keys from config.properties only (TS_* variables are ignored).
 PROTOCOLS = {
     "native": {},
     "oip": {"service_envelope": "kservev2", "ts_open_inference_protocol": "true"},
+    "v1": {"service_envelope": "kserve"},
 }
 
 
@@ -172,7 +174,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=ModelServingSettings.batch_size)
     p.add_argument("--max-batch-delay-ms", type=int, default=ModelServingSettings.max_batch_delay_ms)
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="native",
-                   help="native: REST native + KServe v1 + OIP v2 REST + TorchServe gRPC; oip: adds OIP gRPC")
+                   help="native: REST native + KServe v1 + OIP v2 REST + TorchServe gRPC; oip: adds OIP "
+                        "gRPC (stock kservev2 envelope); v1: stock kserve envelope")
     p.add_argument("--max-image-bytes", type=int, default=ModelServingSettings.max_image_bytes)
     p.add_argument("--max-image-pixels", type=int, default=ModelServingSettings.max_image_pixels)
     return p

@@ -69,3 +69,14 @@ def test_v2_bytes_tensor_with_id_and_parameters():
 def test_huge_base64_is_refused_before_decoding():
     req = parse({"body": {"b64": "A" * 4000}}, max_bytes=1000)
     assert isinstance(req.images[0], ImageTooLarge)
+
+
+def test_stock_envelope_rows_are_recognised_and_parsed():
+    assert inputs.is_envelope_input({"name": "image", "shape": [1], "datatype": "BYTES", "data": B64})
+    assert not inputs.is_envelope_input({"body": PNG})
+    assert inputs.is_v1_envelope_instance(B64) and inputs.is_v1_envelope_instance({"b64": B64})
+    assert not inputs.is_v1_envelope_instance({"body": {"b64": B64}}) and not inputs.is_v1_envelope_instance({"b64": 3})
+    req = inputs.parse_v1_envelope_instance({"data": B64}, 1000, 4)
+    assert (req.protocol, req.input_name, req.images) == (inputs.ENVELOPE_V1, "instances[4]", [PNG])
+    bad = inputs.parse_envelope_input({"name": "x", "shape": [1], "datatype": "FP32", "data": 1.0}, 1000)
+    assert isinstance(bad.error, inputs.MalformedRequest)

@@ -55,3 +55,33 @@ def test_v2_rest_through_the_envelope_gets_a_4xx_for_a_bad_image(oip_torchserve)
                         "data": [base64.b64encode(b"junk").decode()]}]}
     r = requests.post(f"{oip_torchserve.settings.inference_url}/v2/models/{MODEL_NAME}/infer", json=body, timeout=30)
     assert r.status_code == 400
+
+
+@pytest.fixture(scope="module")
+def v1_torchserve(store, tmp_path_factory):
+    v1_store = tmp_path_factory.mktemp("v1-store")
+    (v1_store / "model-store").mkdir()
+    shutil.copy2(store / "model-store" / f"{MODEL_NAME}.mar", v1_store / "model-store")
+    archive.write_config(v1_store, protocol="v1")
+    ts = TorchServe(v1_store, loopback_settings(), tmp_path_factory.mktemp("v1-run"))
+    ts.start(timeout=180)
+    yield ts
+    ts.stop()
+
+
+def test_v1_envelope_configuration_serves_kserve_v1(v1_torchserve, torchserve, samples):
+    """The stock kserve envelope: our handler reads its instance rows; bad instances fail alone."""
+    out_dir, listed = samples
+    pngs = [(out_dir / s["file"]).read_bytes() for s in listed[:2]]
+    assert "service_envelope=kserve\n" in v1_torchserve.config.read_text()
+    body = {"instances": [{"b64": base64.b64encode(pngs[0]).decode()}, base64.b64encode(b"junk").decode(),
+                          {"data": base64.b64encode(pngs[1]).decode()}]}
+    r = requests.post(f"{v1_torchserve.settings.inference_url}/v1/models/{MODEL_NAME}:predict", json=body, timeout=30)
+    assert r.status_code == 200
+    preds = r.json()["predictions"]
+    for got, png in ((preds[0], pngs[0]), (preds[2], pngs[1])):
+        assert_same_topk(got, clients.rest_native(torchserve.settings.inference_url, MODEL_NAME, png))
+    assert preds[1]["reason"] == "invalid_image" and preds[1]["error"].startswith("instances[1]")
+    only_bad = requests.post(f"{v1_torchserve.settings.inference_url}/v1/models/{MODEL_NAME}:predict",
+                             json={"instances": ["%%%"]}, timeout=30)
+    assert only_bad.status_code == 400
