@@ -1,5 +1,6 @@
-"""TorchServe's "oip" protocol configuration (archive --protocol oip): its OIP gRPC service behind
-the stock kservev2 envelope, on a real TorchServe. Our handler reads the envelope's rows."""
+"""TorchServe's envelope configurations on a real TorchServe: "oip" (archive --protocol oip: its
+OIP gRPC service behind the stock kservev2 envelope) and "v1" (the stock kserve envelope). Our
+handler reads the envelopes' rows."""
 import base64
 import shutil
 
@@ -13,14 +14,20 @@ from tests.conftest import MODEL_NAME, assert_same_topk, loopback_settings
 pytestmark = pytest.mark.integration
 
 
+def torchserve_with(protocol: str, store, tmp_path_factory):
+    """A real TorchServe serving the fashion-mnist archive in another protocol configuration."""
+    other = tmp_path_factory.mktemp(f"{protocol}-store")
+    (other / "model-store").mkdir()
+    shutil.copy2(store / "model-store" / f"{MODEL_NAME}.mar", other / "model-store")
+    archive.write_config(other, protocol=protocol)
+    ts = TorchServe(other, loopback_settings(), tmp_path_factory.mktemp(f"{protocol}-run"))
+    ts.start(timeout=180)
+    return ts
+
+
 @pytest.fixture(scope="module")
 def oip_torchserve(store, tmp_path_factory):
-    oip_store = tmp_path_factory.mktemp("oip-store")
-    (oip_store / "model-store").mkdir()
-    shutil.copy2(store / "model-store" / f"{MODEL_NAME}.mar", oip_store / "model-store")
-    archive.write_config(oip_store, protocol="oip")
-    ts = TorchServe(oip_store, loopback_settings(), tmp_path_factory.mktemp("oip-run"))
-    ts.start(timeout=180)
+    ts = torchserve_with("oip", store, tmp_path_factory)
     yield ts
     ts.stop()
 
@@ -59,12 +66,7 @@ def test_v2_rest_through_the_envelope_gets_a_4xx_for_a_bad_image(oip_torchserve)
 
 @pytest.fixture(scope="module")
 def v1_torchserve(store, tmp_path_factory):
-    v1_store = tmp_path_factory.mktemp("v1-store")
-    (v1_store / "model-store").mkdir()
-    shutil.copy2(store / "model-store" / f"{MODEL_NAME}.mar", v1_store / "model-store")
-    archive.write_config(v1_store, protocol="v1")
-    ts = TorchServe(v1_store, loopback_settings(), tmp_path_factory.mktemp("v1-run"))
-    ts.start(timeout=180)
+    ts = torchserve_with("v1", store, tmp_path_factory)
     yield ts
     ts.stop()
 
