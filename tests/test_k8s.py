@@ -440,8 +440,8 @@ def crds():
     if not CRDS.is_dir():
         message = f"no CRD folder {CRDS}: set CRDS_DIR to a folder with the KServe and prometheus-operator CRDs"
         if os.environ.get("CI"):  # CI always has ../shared beside the clone: never skip there
-            pytest.fail(message)
-        pytest.skip(message)
+            pytest.fail(reason=message)
+        pytest.skip(reason=message)
     os.environ.setdefault("CRDS_DIR", str(CRDS))
     return k8s_validate.load_crds(CRDS)
 
