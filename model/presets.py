@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from handlers.preprocess import PreprocessSpec, image_to_uint8, normalize
+from handlers.preprocess import PreprocessSpec, image_to_tensor, image_to_uint8
 
 # The pretrained EfficientNet-Lite0 (model/imagenet.py). Its weights come from TensorFlow, which fed
 # them (x*255 - 127) / 128; the shorter side to 256 then a 224 crop is TF's 0.875 eval crop. On real
@@ -33,8 +33,8 @@ def images_to_uint8(images, spec: PreprocessSpec, desc: str = "preprocess") -> t
 
 
 def eval_transform(img: Image.Image, spec: PreprocessSpec) -> torch.Tensor:
-    """One PIL image → the normalized tensor the served model sees."""
-    return normalize(image_to_uint8(img, spec), spec)
+    """One PIL image → the normalized tensor the served model sees (the serving function itself)."""
+    return image_to_tensor(img, spec)
 
 
 def train_augment(batch: torch.Tensor, pad: int = 2, flip: bool = True,

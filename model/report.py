@@ -141,7 +141,7 @@ def build_report(ckpt_path: Path, out_dir: Path | None = None, device: str = "au
     train_ds, _, test_ds = train.load_splits(run_args)
     spec, labels, net = checkpoint.preprocess_spec(ckpt), ckpt["labels"], checkpoint.build_net(ckpt)
     dev = pick_device(device)
-    x = presets.images_to_uint8((test_ds[i][0] for i in range(len(test_ds))), spec, desc="preprocess test")
+    x = presets.images_to_uint8(data.pil_images(test_ds), spec, desc="preprocess test")
     y = data.labels_tensor(test_ds)
     logits = logits_of(net, x, spec, dev)
     m = evaluate.classification_metrics(y, logits.argmax(1), labels)

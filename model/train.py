@@ -111,7 +111,7 @@ def preprocess_spec(args, train) -> PreprocessSpec:
     if args.mean and args.std:
         mean, std = args.mean, args.std
     else:
-        measured = stats.channel_stats((train[i][0] for i in range(len(train))), channels, total=len(train))
+        measured = stats.channel_stats(data.pil_images(train), channels, total=len(train))
         mean, std = measured["mean"], measured["std"]
     return PreprocessSpec(height=size, width=size, channels=channels, mean=tuple(mean), std=tuple(std))
 
@@ -119,7 +119,7 @@ def preprocess_spec(args, train) -> PreprocessSpec:
 def to_tensors(ds, spec: PreprocessSpec, name: str):
     if ds is None:
         return None, None
-    x = presets.images_to_uint8((ds[i][0] for i in range(len(ds))), spec, desc=f"preprocess {name}")
+    x = presets.images_to_uint8(data.pil_images(ds), spec, desc=f"preprocess {name}")
     return x, data.labels_tensor(ds)
 
 
