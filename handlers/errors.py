@@ -27,3 +27,15 @@ class InvalidImage(InputError):
 class ImageTooLarge(InputError):
     reason = "image_too_large"
     status = 413
+
+
+class MalformedRequest(InputError):
+    reason = "malformed_request"
+
+
+class InvalidBase64(InputError):
+    reason = "invalid_base64"
+
+
+class InvalidOption(InputError):
+    reason = "invalid_option"

@@ -14,7 +14,8 @@ import base64
 import binascii
 from dataclasses import dataclass, field
 
-from handlers.errors import EmptyInput, ImageTooLarge, InputError, UnsupportedPayload
+from handlers.errors import (EmptyInput, ImageTooLarge, InputError, InvalidBase64, InvalidOption,
+                             MalformedRequest, UnsupportedPayload)
 
 NATIVE, V1, V2 = "native", "v1", "v2"
 # TorchServe's stock kservev2 envelope (needed for its OIP gRPC) hands the handler one row per
@@ -28,18 +29,6 @@ BODY_KEYS = ("body", "data")
 OPTION_KEYS = ("topk",)
 MAX_IMAGES_PER_REQUEST = 64
 MAX_TOPK = 1000
-
-
-class MalformedRequest(InputError):
-    reason = "malformed_request"
-
-
-class InvalidBase64(InputError):
-    reason = "invalid_base64"
-
-
-class InvalidOption(InputError):
-    reason = "invalid_option"
 
 
 @dataclass

@@ -44,8 +44,8 @@ from kserve.protocol.infer_type import (InferOutput, InferRequest, InferResponse
 from kserve.protocol.rest.server import RESTServer
 
 from handlers.classifier import ImageClassifier, Result
-from handlers.errors import InputError
-from handlers.inputs import MalformedRequest, ParsedRequest, parse_row
+from handlers.errors import InputError, MalformedRequest
+from handlers.inputs import ParsedRequest, parse_row
 from handlers.metrics import Observation, PrometheusMetrics
 from handlers.responses import render
 from handlers.spec import ModelSpec
