@@ -69,6 +69,20 @@ ui: setup $(CONFIG)  ## the try-it page on 127.0.0.1:8090 for `make serve`'s mod
 	@echo "ui: the page calls the TorchServe of 'make serve' (start it first); Ctrl-C stops the page"
 	$(PY) -m scripts.ui_server --store $(STORE) $(UI_ARGS)
 
+# --- Recipes (issue 3): measured in docs/results.md ----------------------------------------------------
+.PHONY: recipe-cpu recipe-transfer
+RECIPE_CPU_ARGS ?= --width 16 --depth 2 --epochs 10 --augment --label-smoothing 0.1 --flip-tta
+TRANSFER_ARGS ?= --arch efficientnet_lite --image-size 64 --channels 3 --train-per-class 300 --epochs 10 \
+                 --batch-size 64 --sched cosine --lr 3e-3
+
+recipe-cpu: setup  ## Fashion-MNIST ≥ 93% test accuracy on 2 CPU cores in ≤ 10 min → runs/recipe-cpu
+	$(PY) -m model.train --data-dir $(DATA) --output-dir runs/recipe-cpu $(RECIPE_CPU_ARGS) $(TRAIN_ARGS)
+
+recipe-transfer: setup  ## EfficientNet-Lite0 on 3,000 Fashion-MNIST images: ImageNet two-stage fine-tuning vs from scratch
+	$(PY) -m model.train --data-dir $(DATA) --output-dir runs/transfer-pretrained $(TRANSFER_ARGS) \
+	    --pretrained --freeze-epochs 2 --backbone-lr-scale 0.1 $(TRAIN_ARGS)
+	$(PY) -m model.train --data-dir $(DATA) --output-dir runs/transfer-scratch $(TRANSFER_ARGS) $(TRAIN_ARGS)
+
 clean:  ## remove build outputs and runs (keeps the virtualenv and data)
 	rm -rf build runs
 
@@ -86,7 +100,19 @@ k8s-validate: setup  ## helm lint --strict + strict offline schema validation of
 	$(HELM) lint --strict charts/image-classifier
 	$(PY) -m scripts.k8s_validate k8s/*.yaml
 
+.PHONY: images kind-e2e
+images: setup  ## docker build the two runtime images under values.yaml's names (needs Docker; CI has none). IMAGES_ARGS="--push --gpu"
+	$(PY) -m scripts.images --build $(IMAGES_ARGS)
+
+kind-e2e: setup  ## whole deploy on a throw-away kind cluster (needs Docker, kind, internet; never run by CI): docs/deploy.md
+	bash scripts/kind_e2e.sh
+
 # --- Monitoring (issue 6): rules, alerts and dashboard from scripts/monitoring ----------------------
 .PHONY: monitor
 monitor: setup $(CONFIG)  ## Prometheus + bounded load on the local TorchServe (make serve, else started here) → PNG of the panels
 	$(PY) -m scripts.monitoring.monitor --store $(STORE) --data-dir $(DATA) $(MONITOR_ARGS)
+
+# --- Reliability (issue 7): bad inputs, held load, overload, worker fault, rollout -----------------
+.PHONY: reliability
+reliability: setup $(CKPT)  ## full reliability suite on a real TorchServe (~4 min) → build/reliability/results.{md,json}
+	$(PY) -m scripts.reliability --checkpoint $(CKPT) --data-dir $(DATA) --out build/reliability $(RELIABILITY_ARGS)

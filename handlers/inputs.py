@@ -66,6 +66,17 @@ def decode_b64(text, max_bytes: int, where: str) -> bytes:
         raise InvalidBase64(f"{where}: not valid base64") from None
 
 
+def _parameters(owner: dict, where: str) -> dict:
+    """The `parameters` object of a v1/v2 body or tensor. Anything but an object is refused here:
+    calling .get on a JSON list or string raised in the worker, which fails the whole batch."""
+    params = owner.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise MalformedRequest(f'{where}"parameters" must be a JSON object, got {type(params).__name__}')
+    return params
+
+
 def _body(row: dict):
     for key in BODY_KEYS:
         if row.get(key) is not None:
@@ -92,7 +103,7 @@ def _image_or_error(item, max_bytes: int, where: str) -> bytes | InputError:
 def _parse_v1(body: dict, max_bytes: int) -> ParsedRequest:
     instances = body["instances"]
     req = ParsedRequest(protocol=V1)
-    req.topk = parse_topk((body.get("parameters") or {}).get("topk"))
+    req.topk = parse_topk(_parameters(body, "").get("topk"))
     if not isinstance(instances, list) or not instances:
         raise MalformedRequest('"instances" must be a non-empty list of {"b64": "<base64 image>"}')
     if len(instances) > MAX_IMAGES_PER_REQUEST:
@@ -104,7 +115,7 @@ def _parse_v1(body: dict, max_bytes: int) -> ParsedRequest:
 def _parse_v2(body: dict, max_bytes: int) -> ParsedRequest:
     inputs = body["inputs"]
     req = ParsedRequest(protocol=V2, request_id=body.get("id"))
-    req.topk = parse_topk((body.get("parameters") or {}).get("topk"))
+    req.topk = parse_topk(_parameters(body, "").get("topk"))
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise MalformedRequest('"inputs" must hold exactly one tensor: the encoded images')
     tensor = inputs[0]
@@ -120,7 +131,7 @@ def _parse_v2(body: dict, max_bytes: int) -> ParsedRequest:
                                f'data elements (expected [{len(data)}])')
     if len(data) > MAX_IMAGES_PER_REQUEST:
         raise MalformedRequest(f"at most {MAX_IMAGES_PER_REQUEST} images per request, got {len(data)}")
-    req.topk = parse_topk((tensor.get("parameters") or {}).get("topk")) or req.topk
+    req.topk = parse_topk(_parameters(tensor, f'input "{req.input_name}": ').get("topk")) or req.topk
     req.images = [_image_or_error(item, max_bytes, f'{req.input_name}[{i}]') for i, item in enumerate(data)]
     return req
 

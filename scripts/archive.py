@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import torch
 
 from handlers.spec import WEIGHTS_FILE, ArchSpec, ModelSpec
 from model import checkpoint, nets
-from scripts.settings import KSERVE_MODEL_MOUNT, ModelServingSettings, ServingSettings
+from scripts.settings import KSERVE_MODEL_MOUNT, FrontendSettings, ModelServingSettings, ServingSettings
 
 REPO = Path(__file__).resolve().parent.parent
 HANDLERS_DIR = REPO / "handlers"
@@ -79,7 +80,11 @@ def build_mar(spec: ModelSpec, state_dict: dict, net_file: Path, model_store: Pa
                "--model-name", spec.name, "--version", spec.version,
                "--serialized-file", str(weights), "--handler", str(HANDLER_ENTRY),
                "--extra-files", str(extra), "--export-path", str(model_store), "--force"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # The archiver stages files in $TMPDIR/<model name>: two archives of one name built at the
+        # same time (tests beside a benchmark) would share it. Give each run its own.
+        env = {**os.environ, "TMPDIR": str(Path(tmp) / "archiver-tmp")}
+        (Path(tmp) / "archiver-tmp").mkdir()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise ArchiveError(f"torch-model-archiver failed ({proc.returncode}):\n{proc.stderr}")
     mar = model_store / f"{spec.name}.mar"
@@ -98,9 +103,11 @@ def max_request_size(max_image_bytes: int) -> int:
 
 
 def config_properties(model_store: Path, settings: ServingSettings,
-                      model_settings: ModelServingSettings, protocol: str = "native") -> str:
+                      model_settings: ModelServingSettings, protocol: str = "native",
+                      frontend: FrontendSettings | None = None) -> str:
     """TorchServe config for every `.mar` in the store, in KServe's storage layout. Defaults that
     TorchServe 0.12 gets wrong for serving are set on purpose (see the comments)."""
+    frontend = frontend or FrontendSettings()
     if protocol not in PROTOCOLS:
         raise ArchiveError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOLS)}")
     batch_size = 1 if PROTOCOLS[protocol] else model_settings.batch_size
@@ -127,8 +134,11 @@ def config_properties(model_store: Path, settings: ServingSettings,
         "# the handler's own metrics (handlers/metrics.py).",
         "metrics_mode=prometheus",
         "model_metrics_auto_detect=true",
-        "# Models are fixed at start-up from model_snapshot: no registration over HTTP.",
-        "enable_model_api=false",
+        "# Models are fixed at start-up from model_snapshot: no registration over HTTP (the",
+        "# reliability suite's rollout turns it on for its own server).",
+        f"enable_model_api={str(frontend.enable_model_api).lower()}",
+        "# Jobs queued per model beyond this get an immediate 503 instead of waiting.",
+        f"job_queue_size={frontend.job_queue_size}",
         "# Token auth off: listeners are loopback locally; in a cluster the management port is",
         "# never exposed by a Service and a NetworkPolicy guards the pod.",
         "disable_token_authorization=true",
@@ -146,21 +156,23 @@ def config_properties(model_store: Path, settings: ServingSettings,
 
 
 def write_config(out: Path, settings: ServingSettings | None = None,
-                 model_settings: ModelServingSettings | None = None, protocol: str = "native") -> Path:
+                 model_settings: ModelServingSettings | None = None, protocol: str = "native",
+                 frontend: FrontendSettings | None = None) -> Path:
     path = out / "config" / "config.properties"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config_properties(out / "model-store", settings or ServingSettings(),
-                                      model_settings or ModelServingSettings(), protocol))
+                                      model_settings or ModelServingSettings(), protocol, frontend))
     return path
 
 
 def archive(checkpoint_path: Path, out: Path, name: str, version: str = "1.0", topk: int = 5,
-            model_settings: ModelServingSettings | None = None, protocol: str = "native") -> tuple[Path, Path]:
+            model_settings: ModelServingSettings | None = None, protocol: str = "native",
+            frontend: FrontendSettings | None = None) -> tuple[Path, Path]:
     model_settings = model_settings or ModelServingSettings()
     ckpt = checkpoint.load(checkpoint_path)
     spec, net_file = model_spec_from_checkpoint(ckpt, name, version, topk, model_settings)
     mar = build_mar(spec, ckpt["state_dict"], net_file, out / "model-store")
-    return mar, write_config(out, model_settings=model_settings, protocol=protocol)
+    return mar, write_config(out, model_settings=model_settings, protocol=protocol, frontend=frontend)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -100,6 +100,19 @@ class ServingSettings:
 
 
 @dataclass(frozen=True)
+class FrontendSettings:
+    """Server-wide TorchServe frontend settings written into config.properties. The defaults are
+    what `make serve` and a pod run; the reliability suite (scripts/reliability.py) turns on the
+    model API for its rollout and shrinks the queue to provoke overload 503s."""
+
+    # Jobs waiting per model before the frontend answers 503 at once (TorchServe's default: 100).
+    job_queue_size: int = 100
+    # Register/unregister/set-default over the management API (TorchServe 0.12 default: off;
+    # models then come only from model_snapshot).
+    enable_model_api: bool = False
+
+
+@dataclass(frozen=True)
 class ModelServingSettings:
     """Per-model serving settings: workers and batching (config.properties' model_snapshot) and
     input limits (model_spec.json, enforced by the handler)."""

@@ -88,6 +88,23 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
 fi
 say "$(prometheus --version 2>&1 | head -n1): ok"
 
+# --- checkov (tests/test_k8s_policy.py): its own virtualenv from requirements-checkov.txt ----------
+# checkov's pins (packaging 23, networkx 2.6, importlib-metadata 7) would downgrade what .venv holds
+# for mlflow and torch, so it lives apart; the tests call its binary. Offline use only (--skip-download).
+CHECKOV_VENV=${CHECKOV_VENV:-.tools/checkov-venv}
+checkov_stamp="$CHECKOV_VENV/.installed-$(sha256sum < requirements-checkov.txt | cut -c1-16)"
+if [ ! -f "$checkov_stamp" ]; then
+  say "installing checkov into $CHECKOV_VENV (requirements-checkov.txt)"
+  [ -x "$CHECKOV_VENV/bin/python" ] || "$PYTHON" -m venv "$CHECKOV_VENV" ||
+    fail "could not create $CHECKOV_VENV with $PYTHON"
+  "$CHECKOV_VENV/bin/python" -m pip --disable-pip-version-check install -q -r requirements-checkov.txt \
+    2> >(grep -v 'is ignored: it is neither' >&2) || fail "could not install checkov (requirements-checkov.txt)"
+  rm -f "$CHECKOV_VENV"/.installed-*
+  touch "$checkov_stamp"
+fi
+"$CHECKOV_VENV/bin/checkov" --version >/dev/null 2>&1 || fail "$CHECKOV_VENV/bin/checkov does not run (delete $CHECKOV_VENV and retry)"
+say "checkov $("$CHECKOV_VENV/bin/checkov" --version) in $CHECKOV_VENV: ok"
+
 # --- Python virtualenv ---------------------------------------------------------------------
 stamp_of() { cat requirements.txt requirements-test.txt constraints.txt scripts/setup.sh | sha256sum | cut -c1-16; }
 stamp="$VENV/.installed-$(stamp_of)"

@@ -46,6 +46,8 @@ def test_config_properties_is_kserve_layout_with_safe_defaults(store):
     assert props["metrics_address"] == f"http://127.0.0.1:{defaults.metrics_port}"
     assert props["metrics_mode"] == "prometheus"
     assert props["enable_envvars_config"] == "true"
+    assert props["enable_model_api"] == "false"  # models only from the snapshot (FrontendSettings)
+    assert props["job_queue_size"] == "100"
     assert props["model_store"] == "/mnt/models/model-store"
     models = json.loads(props["model_snapshot"])["models"]
     assert models[MODEL_NAME]["1.0"]["marName"] == f"{MODEL_NAME}.mar"
@@ -62,3 +64,15 @@ def test_config_lists_every_mar_in_the_store(trained, tmp_path):
 def test_cli_reports_a_missing_checkpoint(tmp_path, capsys):
     assert archive.main(["--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_each_archive_run_stages_in_its_own_temp_dir(trained, tmp_path, monkeypatch):
+    """torch-model-archiver stages in $TMPDIR/<model name>, removing whatever is there first: two
+    archives of one name built at once (tests beside a benchmark) broke each other. A file in the
+    shared spot would make the archiver fail if it still used it."""
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    (shared / "race").write_text("another archiver's staging")
+    monkeypatch.setenv("TMPDIR", str(shared))
+    mar, _ = archive.archive(trained, tmp_path / "out", "race")
+    assert mar.exists() and (shared / "race").read_text() == "another archiver's staging"

@@ -40,6 +40,11 @@ def test_json_b64_body_is_decoded():
     (v2([B64], datatype="FP32"), inputs.MalformedRequest, "BYTES"),
     (v2([B64, B64], shape=[3]), inputs.MalformedRequest, "does not match"),
     ({"body": {"inputs": []}}, inputs.MalformedRequest, "exactly one"),
+    # a non-object "parameters" used to raise AttributeError in the worker: 503 for the whole batch
+    ({"body": {"instances": [B64], "parameters": "topk=3"}}, inputs.MalformedRequest, '"parameters" must be a JSON object'),
+    (v2([B64], parameters=[3]), inputs.MalformedRequest, '"parameters" must be a JSON object, got list'),
+    ({"body": {"inputs": [{"name": "img", "datatype": "BYTES", "shape": [1], "data": [B64], "parameters": 3}]}},
+     inputs.MalformedRequest, 'input "img": "parameters" must be a JSON object, got int'),
 ])
 def test_unusable_requests_carry_a_named_error(row, error, message):
     req = parse(row)

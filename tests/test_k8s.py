@@ -132,7 +132,7 @@ def test_notes_tell_how_to_call_the_models():
 
 def test_torchserve_runtime_runs_torchserve_directly_on_the_storage_layout():
     c = runtime_container(render(), "torchserve")
-    assert c["image"] == "pytorch/torchserve:0.12.0-cpu"
+    assert c["image"] == "registry.example.com/image-classifier/torchserve:0.1.0"  # docker/Dockerfile.torchserve
     assert c["command"] == ["torchserve", "--start", "--foreground", "--ncs",
                             "--ts-config", f"{KSERVE_MODEL_MOUNT}/config/config.properties",
                             "--model-store", f"{KSERVE_MODEL_MOUNT}/model-store"]
@@ -230,12 +230,24 @@ def test_management_port_is_never_exposed(values):
     if c:
         assert not set(ports_of(c).values()) & management
     for np in of_kind(objs, "NetworkPolicy"):
-        if np["spec"]["podSelector"]["matchLabels"]["image-classifier/runtime"] == "torchserve":
+        if np["spec"]["podSelector"]["matchLabels"].get("image-classifier/runtime") == "torchserve":
             ports = {p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]}
             assert not ports & management
 
 
 # --- InferenceServices and the modes ---------------------------------------------------------------
+
+def test_upload_pod_is_isolated_and_ready_when_the_claim_is_writable():
+    objs = render()
+    upload = one(objs, "Pod", "image-classifier-model-upload")
+    assert upload["spec"]["containers"][0]["readinessProbe"]["exec"]["command"] == ["test", "-w", "/models"]
+    np = one(objs, "NetworkPolicy", "image-classifier-model-upload")
+    assert np["spec"]["podSelector"]["matchLabels"].items() <= upload["metadata"]["labels"].items()
+    assert np["spec"]["policyTypes"] == ["Ingress", "Egress"] and "ingress" not in np["spec"] and "egress" not in np["spec"]
+    assert not of_kind(render("s3-servicemonitor-values.yaml"), "Pod")  # no upload pod, no policy for it
+    assert not [n for n in of_kind(render("s3-servicemonitor-values.yaml"), "NetworkPolicy")
+                if n["metadata"]["name"].endswith("model-upload")]
+
 
 def test_default_models_standard_mode_pvc():
     objs = render()
@@ -262,7 +274,7 @@ def test_default_models_standard_mode_pvc():
 
 def test_gpu_values():
     objs = render("gpu-values.yaml")
-    assert runtime_container(objs, "torchserve")["image"] == "pytorch/torchserve:0.12.0-gpu"
+    assert runtime_container(objs, "torchserve")["image"] == "registry.example.com/image-classifier/torchserve:0.1.0-gpu"
     assert runtime_container(objs, "kserve-native")["image"].endswith(":0.1.0-gpu")
     for i in of_kind(objs, "InferenceService"):
         p = i["spec"]["predictor"]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +26,7 @@ from handlers.classifier import ImageClassifier
 from handlers.inputs import MAX_IMAGES_PER_REQUEST, parse_row
 from scripts import kserve_runtime
 from scripts.settings import ServingSettings
-from scripts.process import ServerProcess
+from scripts.kserve_native import KServeRuntime
 from tests.conftest import IMAGENET_NAME, MODEL_NAME, assert_same_topk, free_ports, png_bytes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,38 +41,8 @@ def run(coro):
     return asyncio.run(coro)
 
 
-class Runtime(ServerProcess):
-    """`python -m scripts.kserve_runtime` in its own process group, stopped by PID."""
-
-    name = "KServe-native runtime"
-
-    def __init__(self, model_store: Path, run_dir: Path):
-        super().__init__(run_dir, "kserve-runtime.out")
-        self.tmp = self.run_dir / "tmp"  # where it unpacks the archives: its own, to check the clean-up
-        self.http_port, self.grpc_port = free_ports(2)
-        self.url = f"http://127.0.0.1:{self.http_port}"
-        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
-        self.model_store = model_store
-
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "scripts.kserve_runtime", "--model-store", str(self.model_store),
-                "--host", "127.0.0.1", "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
-
-    def env(self) -> dict[str, str]:
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        return {**os.environ, "TMPDIR": str(self.tmp)}
-
-    def cwd(self) -> Path:
-        return REPO
-
-    def ready(self) -> bool:
-        try:
-            if requests.get(f"{self.url}/v2/health/ready", timeout=2).status_code != 200:
-                return False
-            with grpc.insecure_channel(self.grpc_target) as channel:
-                return GRPCInferenceServiceStub(channel).ServerReady(pb.ServerReadyRequest(), timeout=2).ready
-        except (requests.RequestException, grpc.RpcError):
-            return False
+def Runtime(model_store: Path, run_dir: Path) -> KServeRuntime:
+    return KServeRuntime(model_store, run_dir, *free_ports(2))
 
 
 @pytest.fixture(scope="module")

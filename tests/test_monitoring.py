@@ -1,19 +1,23 @@
 """Monitoring as code without a server: the rules come from the handler's own names, pass
 `promtool check rules` and promtool unit tests (every alert fires on bad input and stays quiet
 on good input), the PrometheusRule carries the same groups, the chart's generated files are up to
-date, the dashboard has its panels and variables, and the local prometheus.yml passes
-`promtool check config`."""
+date, the dashboard has its panels and variables, the local prometheus.yml passes
+`promtool check config`, the GPU names are TorchServe's own, and no rule or panel depends on the
+job label the chart's PodMonitors/ServiceMonitors give the series (prometheus-operator's naming)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import prometheus_client
 import pytest
 import yaml
 
 from handlers import metrics as hm
+from scripts import k8s_render
 from scripts.monitoring import dashboard, generate, load, names, prometheus, rules, rules_tests
 
 promtool = shutil.which("promtool")
@@ -88,22 +92,138 @@ def test_dashboard_has_the_panels_and_variables():
     d = json.loads((generate.FILES_DIR / "dashboard.json").read_text())
     assert d["uid"] == dashboard.UID and d["schemaVersion"] >= 39
     variables = {v["name"] for v in d["templating"]["list"]}
-    assert {"datasource", "namespace", "model", "version"} <= variables
+    assert {"datasource", "namespace", "job", "model", "version"} <= variables
     titles = [p["title"] for p in d["panels"]]
     assert titles == [p.title for p in dashboard.PANELS]
     exprs = "\n".join(t["expr"] for p in d["panels"] for t in p["targets"])
     for needed in [*rules.HANDLE_QUANTILE.values(), rules.STAGE_P95, rules.REQUEST_RATE, rules.REJECTED_RATE,
                    rules.HTTP_RATE, names.QUEUE_LATENCY_US, names.BATCH_SIZE, names.PREDICTIONS,
-                   names.CPU_UTILIZATION, names.MEMORY_UTILIZATION]:
+                   names.CPU_UTILIZATION, names.MEMORY_USED, names.PROCESS_CPU_SECONDS, names.PROCESS_RSS_BYTES,
+                   names.GPU_UTILIZATION, names.GPU_MEMORY_UTILIZATION, names.DCGM_GPU_UTIL, names.DCGM_FB_USED]:
         assert needed in exprs, needed
     assert all(p["datasource"]["uid"] == "${datasource}" for p in d["panels"])
 
 
+def test_panels_for_one_runtime_say_so():
+    d = json.loads((generate.FILES_DIR / "dashboard.json").read_text())
+    described = {p["title"]: p.get("description", "") for p in d["panels"]}
+    for spec in dashboard.PANELS:
+        assert set(spec.runtimes) <= set(names.RUNTIMES) and spec.runtimes
+        says_only = described[spec.title].startswith("TorchServe only.")
+        assert says_only == (spec.runtimes == (names.TORCHSERVE,)), spec.title
+
+
+def test_prometheus_query_resolves_the_variables():
+    expr = dashboard.prometheus_query(dashboard.PANELS[3].queries[0].expr, job="ns/x")
+    assert "$" not in expr and 'job=~"ns/x"' in expr and 'namespace=~".*"' in expr
+    with pytest.raises(ValueError):
+        dashboard.prometheus_query("up", jobs="x")
+
+
+def test_gpu_names_are_the_ones_torchserve_declares():
+    """No GPU here, so no live TorchServe shows its GPU gauges: the installed TorchServe's own
+    metrics.yaml (what its frontend exports in prometheus mode) must declare the dashboard's names,
+    with the label the dashboard groups by."""
+    import ts
+
+    declared = yaml.safe_load((Path(ts.__file__).parent / "configs" / "metrics.yaml").read_text())
+    gauges = {g["name"]: g["dimensions"] for g in declared["ts_metrics"]["gauge"]}
+    for name in (names.GPU_UTILIZATION, names.GPU_MEMORY_UTILIZATION, names.CPU_UTILIZATION, names.MEMORY_USED):
+        assert name in gauges, name
+    assert names.DEVICE_ID in gauges[names.GPU_UTILIZATION] and names.DEVICE_ID in gauges[names.GPU_MEMORY_UTILIZATION]
+
+
+# --- the job label the chart's monitors produce ---------------------------------------------------
+
+# prometheus-operator's rules: a PodMonitor's targets get job="<namespace>/<PodMonitor name>"
+# unless spec.jobLabel names a pod label; a ServiceMonitor's get job=<Service name> unless
+# spec.jobLabel names a Service label.
+JOB_MATCHER = re.compile(r'(?<![\w.])job\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
+CHART_VALUES = (None, "v2-values.yaml", "s3-servicemonitor-values.yaml")
+
+
+def chart_jobs(values: str | None) -> dict[str, str]:
+    """job label → the monitor that produces it, for one values file of the chart."""
+    args = ["-f", str(k8s_render.CHART / "ci" / values)] if values else []
+    objs = [o for _, o in k8s_render.split_documents(k8s_render.helm_template(*args))]
+    jobs = {}
+    for pm in (o for o in objs if o["kind"] == "PodMonitor"):
+        assert "jobLabel" not in pm["spec"], pm["metadata"]["name"]
+        jobs[f'{pm["metadata"]["namespace"]}/{pm["metadata"]["name"]}'] = pm["metadata"]["name"]
+    for sm in (o for o in objs if o["kind"] == "ServiceMonitor"):
+        assert "jobLabel" not in sm["spec"], sm["metadata"]["name"]
+        want = sm["spec"]["selector"]["matchLabels"]
+        services = [o for o in objs if o["kind"] == "Service"
+                    and want.items() <= o["metadata"].get("labels", {}).items()]
+        assert services, f'ServiceMonitor {sm["metadata"]["name"]} selects no Service'
+        jobs.update({svc["metadata"]["name"]: sm["metadata"]["name"] for svc in services})
+    return jobs
+
+
+def every_query() -> list[str]:
+    out = [rule["expr"] for group in rules.rule_groups() for rule in group["rules"]]
+    out += [q.expr for p in dashboard.PANELS for q in p.queries]
+    d = json.loads(dashboard.to_json())
+    for v in d["templating"]["list"]:
+        q = v.get("query")
+        out.append(q if isinstance(q, str) else (q or {}).get("query", ""))
+    return [q for q in out if q]
+
+
+def test_no_query_pins_the_job_label():
+    """The rules keep `job` (aggregated by it, never filtered); the dashboard filters it only by
+    its $job variable, whose All matches any job, so the chart's job names need no coordination."""
+    matchers = [(expr, m.groups()) for expr in every_query() for m in JOB_MATCHER.finditer(expr)]
+    assert matchers  # the dashboard's $job selectors are found: the scan is not vacuous
+    assert all(m == ("=~", "$job") for _, m in matchers), [x for x in matchers if x[1] != ("=~", "$job")]
+    assert not [m for rule in rules.recording_rules() + rules.alert_rules() for m in JOB_MATCHER.finditer(rule["expr"])]
+
+
+def accepts(op: str, value: str, job: str) -> bool:
+    """A Prometheus label matcher (regexes are anchored)."""
+    return {"=": job == value, "!=": job != value, "=~": re.fullmatch(value, job) is not None,
+            "!~": re.fullmatch(value, job) is None}[op]
+
+
+@pytest.mark.parametrize("values", CHART_VALUES)
+def test_chart_monitor_jobs_pass_every_selector(values):
+    """With the dashboard's variables on All, every selector keeps the series of every job the
+    chart's monitors produce."""
+    jobs = chart_jobs(values)
+    assert jobs
+    for expr in every_query():
+        for op, value in (m.groups() for m in JOB_MATCHER.finditer(dashboard.prometheus_query(expr))):
+            for job in jobs:
+                assert accepts(op, value, job), (expr, job)
+
+
+def test_local_prometheus_names_jobs_like_the_chart():
+    """The live tests' Prometheus labels each runtime's series with the job the chart's PodMonitor
+    gives it in a cluster, so they exercise the same label values."""
+    jobs = chart_jobs("v2-values.yaml")
+    namespace = next(iter(jobs)).split("/")[0]
+    assert set(jobs) == {prometheus.job_name(rt, namespace=namespace) for rt in names.RUNTIMES}
+    assert rules_tests.JOB == prometheus.job_name(names.TORCHSERVE, namespace="ns")
+
+
+@needs_promtool
+def test_promtool_unit_tests_pass_with_every_chart_job(tmp_path):
+    jobs = sorted({job for values in CHART_VALUES for job in chart_jobs(values)})
+    assert len(jobs) == 4  # two PodMonitor jobs, two ServiceMonitor (Service) jobs
+    for i, job in enumerate(jobs):
+        test_file = rules_tests.write(tmp_path / str(i), job=job)
+        assert job in test_file.read_text()
+        out = run_promtool("test", "rules", test_file.name, cwd=test_file.parent)
+        assert out.returncode == 0, (job, out.stdout + out.stderr)
+
+
 @needs_promtool
 def test_local_prometheus_config_passes_promtool(tmp_path):
-    config = prometheus.write_config(tmp_path, ["127.0.0.1:8082"])
+    config = prometheus.write_config(tmp_path, {names.TORCHSERVE: ["127.0.0.1:8082"], names.KSERVE_NATIVE: ["127.0.0.1:8085"]})
     out = run_promtool("check", "config", str(config))
     assert out.returncode == 0, out.stdout + out.stderr
+    jobs = [c["job_name"] for c in yaml.safe_load(config.read_text())["scrape_configs"]]
+    assert jobs == ["local/image-classifier-torchserve", "local/image-classifier-kserve-native"]
 
 
 def test_load_goes_to_loopback_only():

@@ -1,6 +1,9 @@
 """A bounded load on loopback: `count` requests at most, stopped after `seconds` anyway, a few
 of them bad (junk bytes → 400, unknown model → 404), from a few client threads. It measures
-each good request's latency itself so Prometheus' numbers can be checked against it."""
+each good request's latency itself so Prometheus' numbers can be checked against it. Raw image
+bytes (PNG) go to TorchServe's `/predictions/<model>` or, with `path=KSERVE_V1_PATH`, to the
+KServe-native runtime's v1 route, which takes a raw body like TorchServe when its Content-Type
+says image (without one kserve decodes the body as JSON text)."""
 from __future__ import annotations
 
 import statistics
@@ -10,6 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import requests
+
+TORCHSERVE_PATH = "/predictions/{model}"
+KSERVE_V1_PATH = "/v1/models/{model}:predict"
 
 
 @dataclass
@@ -30,7 +36,7 @@ class LoadResult:
 
 
 def run_load(inference_url: str, model: str, images: list[bytes], count: int = 300, seconds: float = 20.0,
-             bad_every: int = 20, threads: int = 4) -> LoadResult:
+             bad_every: int = 20, threads: int = 4, path: str = TORCHSERVE_PATH) -> LoadResult:
     if not inference_url.startswith(("http://127.", "http://localhost")):
         raise ValueError(f"load goes to loopback only, not {inference_url}")
     result = LoadResult()
@@ -44,14 +50,14 @@ def run_load(inference_url: str, model: str, images: list[bytes], count: int = 3
         s = session_per_thread.setdefault(threading.get_ident(), requests.Session())
         if i % bad_every == bad_every - 1:
             if (i // bad_every) % 2 == 0:  # junk bytes: the handler rejects them (400)
-                url, body = f"{inference_url}/predictions/{model}", b"junk"
-            else:  # unknown model: TorchServe's frontend answers 404
-                url, body = f"{inference_url}/predictions/no-such-model", images[0]
+                url, body = inference_url + path.format(model=model), b"junk"
+            else:  # unknown model: the server answers 404
+                url, body = inference_url + path.format(model="no-such-model"), images[0]
         else:
-            url, body = f"{inference_url}/predictions/{model}", images[i % len(images)]
+            url, body = inference_url + path.format(model=model), images[i % len(images)]
         t0 = time.perf_counter()
         try:
-            status = s.post(url, data=body, timeout=30).status_code
+            status = s.post(url, data=body, headers={"Content-Type": "image/png"}, timeout=30).status_code
         except requests.RequestException:
             status = 0
         elapsed = time.perf_counter() - t0

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         ts = TorchServe(args.store, settings, work / "torchserve").start()
     prom = None
     try:
-        config = write_config(work / "prometheus", [f"{settings.host}:{settings.metrics_port}"])
+        config = write_config(work / "prometheus", {dashboard.TORCHSERVE: [f"{settings.host}:{settings.metrics_port}"]})
         prom = Prometheus(work / "prometheus", config, free_port()).start(timeout=60)
         print(f"monitor: Prometheus {prom.url} (config {config}, storage {prom.run_dir / 'tsdb'})")
         images = sample_images(args.data_dir, work / "samples")

@@ -24,8 +24,26 @@ QUEUE_LATENCY_US = "ts_queue_latency_microseconds"  # counter (running total of 
 TS_MODEL, TS_VERSION = "model_name", "model_version"
 HTTP_STATUS_COUNTERS = {"2xx": "Requests2XX", "4xx": "Requests4XX", "5xx": "Requests5XX"}
 CPU_UTILIZATION = "CPUUtilization"  # gauge, percent (host)
-MEMORY_USED = "MemoryUsed"  # gauge, MB (host)
-MEMORY_UTILIZATION = "MemoryUtilization"  # gauge, percent (host)
+MEMORY_USED = "MemoryUsed"  # gauge, MiB (host; psutil's used / 1024²)
+# GPU gauges, exported only where TorchServe finds a GPU (nvidia-smi): names and the DeviceId
+# label as declared in TorchServe's ts/configs/metrics.yaml (a test reads the installed one).
+GPU_UTILIZATION = "GPUUtilization"  # gauge, percent
+GPU_MEMORY_UTILIZATION = "GPUMemoryUtilization"  # gauge, percent
+DEVICE_ID = "DeviceId"
+
+# The KServe-native runtime's process (prometheus_client's default collector; TorchServe has none).
+PROCESS_CPU_SECONDS = "process_cpu_seconds_total"  # counter
+PROCESS_RSS_BYTES = "process_resident_memory_bytes"  # gauge
+
+# NVIDIA DCGM exporter (GPU Operator), what GPU clusters scrape; it labels a GPU with the pod
+# using it, which a scrape without honorLabels renames exported_namespace / exported_pod.
+DCGM_GPU_UTIL = "DCGM_FI_DEV_GPU_UTIL"  # gauge, percent
+DCGM_FB_USED, DCGM_FB_FREE = "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE"  # gauges, MiB
+DCGM_NAMESPACE, DCGM_POD, DCGM_GPU = "exported_namespace", "exported_pod", "gpu"
+
+# The chart's runtime names (values.yaml `models[].runtime`); its PodMonitors are per runtime.
+TORCHSERVE, KSERVE_NATIVE = "torchserve", "kserve-native"
+RUNTIMES = (TORCHSERVE, KSERVE_NATIVE)
 
 # Labels every series gets from the scrape: Prometheus' own, plus `namespace` (Kubernetes
 # service discovery; the local prometheus.yml sets it as a target label).

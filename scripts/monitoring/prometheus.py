@@ -14,8 +14,15 @@ from scripts.monitoring import names as n
 from scripts.monitoring import rules
 from scripts.process import ServerError, ServerProcess
 
-JOB = "image-classifier"
 LOCAL_NAMESPACE = "local"  # what Kubernetes service discovery would set
+CHART_NAME = "image-classifier"  # the chart's default name: its PodMonitors are <name>-<runtime>
+
+
+def job_name(runtime: str, namespace: str = LOCAL_NAMESPACE, chart_name: str = CHART_NAME) -> str:
+    """The job label prometheus-operator gives the chart's PodMonitor for `runtime` (no jobLabel:
+    `<namespace>/<PodMonitor name>`); the local config uses the same, so the live tests see the
+    labels a cluster has (tests/test_monitoring.py checks the chart still renders these names)."""
+    return f"{namespace}/{chart_name}-{runtime}"
 
 
 class PrometheusError(ServerError):
@@ -29,17 +36,19 @@ def binary(name: str) -> str:
     return path
 
 
-def write_config(directory: Path, targets: list[str], interval: str = "1s") -> Path:
-    """prometheus.yml scraping `targets` (host:port of /metrics) as job JOB, with the rules file
-    beside it. The namespace target label stands in for Kubernetes' own."""
+def write_config(directory: Path, targets: dict[str, list[str]], interval: str = "1s") -> Path:
+    """prometheus.yml scraping, per runtime ("torchserve", "kserve-native"), its `targets`
+    (host:port of /metrics) as job `job_name(runtime)`, with the rules file beside it. The
+    namespace target label stands in for Kubernetes' own."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "rules.yaml").write_text(yaml.safe_dump(rules.rules_file(), sort_keys=False, width=200))
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": ["rules.yaml"],
-        "scrape_configs": [{"job_name": JOB, "metrics_path": "/metrics",
-                            "static_configs": [{"targets": targets, "labels": {n.NAMESPACE: LOCAL_NAMESPACE}}]}],
+        "scrape_configs": [{"job_name": job_name(runtime), "metrics_path": "/metrics",
+                            "static_configs": [{"targets": hosts, "labels": {n.NAMESPACE: LOCAL_NAMESPACE}}]}
+                           for runtime, hosts in targets.items()],
     }
     path = directory / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -69,9 +78,10 @@ class Prometheus(ServerProcess):
     def api(self, path: str, **params) -> requests.Response:
         return requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=10)
 
-    def query(self, expr: str) -> list[dict]:
-        """Instant query; raises PrometheusError with Prometheus' message for bad PromQL."""
-        resp = self.api("query", query=expr)
+    def query(self, expr: str, at: float | None = None) -> list[dict]:
+        """Instant query (now, or at the Unix time `at`); raises PrometheusError with Prometheus'
+        message for bad PromQL."""
+        resp = self.api("query", query=expr, **({"time": at} if at is not None else {}))
         body = resp.json()
         if resp.status_code != 200 or body.get("status") != "success":
             raise PrometheusError(f"{resp.status_code} for {expr!r}: {body.get('error')}")

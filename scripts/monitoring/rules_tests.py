@@ -10,9 +10,11 @@ import yaml
 
 from scripts.monitoring import names as n
 from scripts.monitoring import rules as r
+from scripts.monitoring.prometheus import job_name
 
 STEPS = 80  # samples per series at 15 s: 20 minutes
-TARGET = {n.NAMESPACE: "ns", n.JOB: "image-classifier"}
+JOB = job_name(n.TORCHSERVE, namespace="ns")  # as prometheus-operator names the chart's PodMonitor's job
+TARGET = {n.NAMESPACE: "ns", n.JOB: JOB}
 
 
 def _labels(d: dict) -> str:
@@ -136,17 +138,29 @@ def recording_cases() -> list[dict]:
     ]}]
 
 
-def unit_tests(rule_file: str = "rules.yaml") -> dict:
+def with_job(obj, job: str):
+    """The same tests with the job label JOB set to `job` everywhere (input series, expected
+    labels, rendered annotations): the rules must not care which job scraped the targets."""
+    if isinstance(obj, dict):
+        return {k: with_job(v, job) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [with_job(x, job) for x in obj]
+    return obj.replace(JOB, job) if isinstance(obj, str) else obj
+
+
+def unit_tests(rule_file: str = "rules.yaml", job: str = JOB) -> dict:
     tests = []
     for name, (bad, good, fires, at) in alert_cases().items():
         tests.append(case(name, bad + good, [fires], at))  # fires for the bad series only
         tests.append(case(name, good, [], at))  # quiet without it
-    return {"rule_files": [rule_file], "evaluation_interval": "15s", "tests": tests + recording_cases()}
+    out = {"rule_files": [rule_file], "evaluation_interval": "15s", "tests": tests + recording_cases()}
+    return out if job == JOB else with_job(out, job)
 
 
-def write(directory: Path) -> Path:
+def write(directory: Path, job: str = JOB) -> Path:
     directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / "rules.yaml").write_text(yaml.safe_dump(r.rules_file(), sort_keys=False, width=200))
     test = directory / "rules_test.yaml"
-    test.write_text(yaml.safe_dump(unit_tests(), sort_keys=False, width=200))
+    test.write_text(yaml.safe_dump(unit_tests(job=job), sort_keys=False, width=200))
     return test

@@ -42,11 +42,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if eq .runtime "torchserve" -}}{{ .ctx.Values.ports.torchserve.metrics }}{{- else -}}{{ .ctx.Values.ports.kserveNative.http }}{{- end -}}
 {{- end -}}
 
+{{/* The UID/GID every container runs as: above 10000 so it never maps to a host user (checkov
+     CKV_K8S_40); the images in docker/ create this user. */}}
+{{- define "ic.uid" -}}10001{{- end -}}
+
+{{/* Pod-level securityContext of every pod of the chart (fsGroup: the model claim is writable by
+     the upload pod and readable by the model pods). */}}
+{{- define "ic.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ include "ic.uid" . }}
+runAsGroup: {{ include "ic.uid" . }}
+fsGroup: {{ include "ic.uid" . }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
 {{/* Restricted-profile container securityContext, shared by every container of the chart. */}}
 {{- define "ic.containerSecurityContext" -}}
 runAsNonRoot: true
-runAsUser: 1000
-runAsGroup: 1000
+runAsUser: {{ include "ic.uid" . }}
+runAsGroup: {{ include "ic.uid" . }}
 readOnlyRootFilesystem: true
 allowPrivilegeEscalation: false
 privileged: false
