@@ -116,3 +116,11 @@ monitor: setup $(CONFIG)  ## Prometheus + bounded load on the local TorchServe (
 .PHONY: reliability
 reliability: setup $(CKPT)  ## full reliability suite on a real TorchServe (~4 min) → build/reliability/results.{md,json}
 	$(PY) -m scripts.reliability --checkpoint $(CKPT) --data-dir $(DATA) --out build/reliability $(RELIABILITY_ARGS)
+
+# --- Benchmarks (issue 7): every serving path, same model and images, one run --------------------
+.PHONY: bench bench-gpu
+bench: setup $(CKPT)  ## in-process, TorchServe REST/gRPC, KServe-native REST/gRPC, FastAPI baseline; c=1..32 (~6 min) → docs/bench/bench.{md,json,png}
+	$(PY) -m scripts.bench --checkpoint $(CKPT) --data-dir $(DATA) --out docs/bench $(BENCH_ARGS)
+
+bench-gpu: setup  ## on a GPU machine: stock TorchServe handler vs our GPU path vs raw fp16 forward, ResNet-50 batch 64 → docs/bench/gpu.{md,json}
+	$(PY) -m scripts.bench.gpu --out docs/bench $(BENCH_ARGS)

@@ -9,10 +9,12 @@ from typing import Sequence
 
 import torch
 
+from handlers.accel import InferenceOptions, ResolvedOptions
 from handlers.errors import InputError
 from handlers.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from handlers.metrics import Observation, Stopwatch
-from handlers.preprocess import bytes_to_tensor
+from handlers.preprocess import (decode_tensors, image_to_uint8, load_image, normalize, open_image,
+                                 resize_tensor, tensor_decodable)
 from handlers.spec import WEIGHTS_FILE, ModelSpec
 
 Result = dict | InputError  # per request: {label: probability} (best first) or the error
@@ -31,16 +33,28 @@ def import_module_file(path: Path):
 
 
 class ImageClassifier:
-    def __init__(self, net: torch.nn.Module, spec: ModelSpec, device: str | torch.device = "cpu",
-                 max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, net: torch.nn.Module, spec: ModelSpec, device: str | torch.device | None = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 options: InferenceOptions | None = None):
+        """`options` say where and how to run (handlers/accel.py; default: from SERVE_* in the
+        environment, "auto" = the GPU path when a GPU is present); `device`, when given, wins."""
+        options = options or InferenceOptions.from_env()
+        if device is not None:
+            options = InferenceOptions(**{**options.__dict__, "device": str(device)})
+        self.options: ResolvedOptions = options.resolve()
         self.spec = spec
-        self.device = torch.device(device)
-        self.net = net.to(self.device).eval()
+        self.device = self.options.device
+        if self.options.torch_threads:
+            torch.set_num_threads(self.options.torch_threads)
+        memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
+        self.net = net.to(self.device, dtype=self.options.dtype, memory_format=memory_format).eval()
+        self.forward = torch.compile(self.net) if self.options.compile else self.net
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str | torch.device = "cpu", **limits) -> "ImageClassifier":
+    def load(cls, model_dir: str | Path, device: str | torch.device | None = None,
+             options: InferenceOptions | None = None, **limits) -> "ImageClassifier":
         """Load from a directory holding model_spec.json, weights.pt and the network's file
         (an unpacked `.mar` or the archive step's staging directory)."""
         model_dir = Path(model_dir)
@@ -50,15 +64,54 @@ class ImageClassifier:
         state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
         limits = {"max_bytes": spec.max_bytes, "max_pixels": spec.max_pixels, **limits}
-        return cls(net, spec, device, **limits)
+        return cls(net, spec, device, options=options, **limits)
 
     def preprocess(self, data: bytes | bytearray) -> torch.Tensor:
-        return bytes_to_tensor(data, self.spec.preprocess, self.max_bytes, self.max_pixels)
+        """One image → normalized float32 [C, H, W] (raises its InputError)."""
+        item = self.decode([data])[0][0]
+        if isinstance(item, InputError):
+            raise item
+        return normalize(item, self.spec.preprocess)
+
+    def decode(self, payloads: Sequence[bytes | bytearray | InputError]) -> tuple[list, list[int]]:
+        """Payloads → uint8 [C, H, W] tensors in the spec's mode and size (or each slot's
+        InputError), and the indices that decoded. The tensor path (options.tensor_decode) takes
+        what torchvision.io decodes as PIL would, on the model's device; the rest goes the PIL path."""
+        spec = self.spec.preprocess
+        out: list = [None] * len(payloads)
+        fast: list[int] = []
+        for i, payload in enumerate(payloads):
+            try:
+                if isinstance(payload, InputError):
+                    raise payload
+                img = open_image(payload, self.max_bytes, self.max_pixels)
+                if self.options.tensor_decode and tensor_decodable(img, payload):
+                    out[i] = img.format
+                    fast.append(i)
+                else:
+                    out[i] = image_to_uint8(load_image(img), spec)
+            except InputError as e:
+                out[i] = e
+        if fast:
+            try:
+                decoded = decode_tensors([(out[i], payloads[i]) for i in fast], spec, self.device)
+                for i, t in zip(fast, decoded):
+                    out[i] = resize_tensor(t, spec)
+            except InputError:  # one corrupt image in the batch: decode them one by one
+                for i in fast:
+                    try:
+                        out[i] = resize_tensor(decode_tensors([(out[i], payloads[i])], spec, self.device)[0], spec)
+                    except InputError as e:
+                        out[i] = e
+        good = [i for i, t in enumerate(out) if isinstance(t, torch.Tensor)]
+        return out, good
 
     @torch.inference_mode()
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalized [N, C, H, W] → class probabilities [N, num_classes]."""
-        return torch.softmax(self.net(batch.to(self.device)).float(), dim=1).cpu()
+        """Normalized [N, C, H, W] → class probabilities [N, num_classes] (float32, CPU)."""
+        memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
+        x = batch.to(self.device, dtype=self.options.dtype, non_blocking=True).contiguous(memory_format=memory_format)
+        return torch.softmax(self.forward(x).float(), dim=1).cpu()
 
     def postprocess(self, probs: torch.Tensor, topk: int | None = None) -> list[dict]:
         k = min(topk or self.spec.topk, len(self.spec.labels))
@@ -75,24 +128,21 @@ class ImageClassifier:
         `obs`, when given, receives stage timings, the batch size, top-1 labels and rejections."""
         ks = list(topk) if isinstance(topk, (list, tuple)) else [topk] * len(payloads)
         results: list[Result | None] = [None] * len(payloads)
-        good, tensors = [], []
         with Stopwatch(obs, "preprocess"):
-            for i, payload in enumerate(payloads):
-                try:
-                    if isinstance(payload, InputError):
-                        raise payload
-                    tensors.append(self.preprocess(payload))
-                    good.append(i)
-                except InputError as e:
-                    results[i] = e
-        if tensors:
+            decoded, good = self.decode(payloads)
+            for i, item in enumerate(decoded):
+                if isinstance(item, InputError):
+                    results[i] = item
+            if good:
+                batch = normalize(torch.stack([decoded[i].to(self.device) for i in good]), self.spec.preprocess)
+        if good:
             with Stopwatch(obs, "inference"):
-                probs = self.infer(torch.stack(tensors))
+                probs = self.infer(batch)
             with Stopwatch(obs, "postprocess"):
                 for row, i in enumerate(good):
                     results[i] = self.postprocess(probs[row:row + 1], ks[i])[0]
         if obs is not None:
-            obs.batch_size += len(tensors)
+            obs.batch_size += len(good)
             for r in results:
                 if isinstance(r, InputError):
                     obs.rejected[r.reason] += 1

@@ -70,10 +70,10 @@ class PreprocessSpec:
         return cls(**{**d, "mean": tuple(d["mean"]), "std": tuple(d["std"])})
 
 
-def decode_image(data: bytes | bytearray, max_bytes: int = DEFAULT_MAX_BYTES,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Bytes → fully decoded PIL image (first frame), EXIF orientation applied.
-    Raises a typed InputError naming the problem; never anything else for bad bytes."""
+def open_image(data: bytes | bytearray, max_bytes: int = DEFAULT_MAX_BYTES,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Bytes → a PIL image whose header is read and checked against the limits, not yet decoded.
+    Raises a typed InputError naming the problem."""
     if not data:
         raise EmptyInput("empty request body: expected image bytes")
     if len(data) > max_bytes:
@@ -82,19 +82,32 @@ def decode_image(data: bytes | bytearray, max_bytes: int = DEFAULT_MAX_BYTES,
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            if img.width * img.height > max_pixels:
-                raise ImageTooLarge(f"image is {img.width}x{img.height} pixels, over the "
-                                    f"{max_pixels}-pixel limit")
-            img.load()  # decode now so truncated files fail here, not later
-    except ImageTooLarge:
-        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageTooLarge(f"image rejected as a decompression bomb: {e}") from None
     except UnidentifiedImageError:
         raise InvalidImage("body is not an image in a format Pillow can read") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InvalidImage(f"image could not be decoded: {e}") from None
+    if img.width * img.height > max_pixels:
+        raise ImageTooLarge(f"image is {img.width}x{img.height} pixels, over the {max_pixels}-pixel limit")
+    return img
+
+
+def load_image(img: Image.Image) -> Image.Image:
+    """An opened image fully decoded (first frame), so truncated files fail here; EXIF orientation
+    applied."""
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InvalidImage(f"image could not be decoded: {e}") from None
     return ImageOps.exif_transpose(img)
+
+
+def decode_image(data: bytes | bytearray, max_bytes: int = DEFAULT_MAX_BYTES,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Bytes → fully decoded PIL image (first frame), EXIF orientation applied.
+    Raises a typed InputError naming the problem; never anything else for bad bytes."""
+    return load_image(open_image(data, max_bytes, max_pixels))
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -134,9 +147,9 @@ def resize(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
 
 
 def normalize(uint8_chw: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """uint8 [..., C, H, W] → float32 normalized; works on a single image or a batch."""
-    mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
+    """uint8 [..., C, H, W] → float32 normalized; a single image or a batch, on its own device."""
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=uint8_chw.device).view(-1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=uint8_chw.device).view(-1, 1, 1)
     return (uint8_chw.float().div_(255.0) - mean) / std
 
 
@@ -157,3 +170,66 @@ def bytes_to_tensor(data: bytes | bytearray, spec: PreprocessSpec,
                     max_bytes: int = DEFAULT_MAX_BYTES,
                     max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     return image_to_tensor(decode_image(data, max_bytes, max_pixels), spec)
+
+
+# --- the tensor path: torchvision.io decoding and resizing on the model's device ------------------
+# Same spec, same steps (mode, resize policy, uint8 rounding, normalize) as the PIL path above. It
+# takes only what torchvision.io decodes as PIL would: complete 8-bit RGB/gray JPEG or PNG without
+# transparency or EXIF rotation; everything else goes the PIL path. Results agree within the
+# tolerance tests/test_preprocess.py states (resampling and JPEG IDCT differ by a few levels).
+
+JPEG_END, PNG_END = b"\xff\xd9", b"IEND\xaeB`\x82"
+EXIF_ORIENTATION = 0x0112
+
+
+def tensor_decodable(img: Image.Image, data: bytes | bytearray) -> bool:
+    """Whether `data` (opened as `img`, header only) can take the tensor path."""
+    if img.mode not in ("RGB", "L") or "transparency" in img.info:
+        return False
+    if img.format == "JPEG":
+        # a truncated JPEG decodes "successfully" in libjpeg with a warning: leave it to PIL's error
+        return bytes(data[-2:]) == JPEG_END and img.getexif().get(EXIF_ORIENTATION, 1) == 1
+    if img.format == "PNG":
+        return bytes(data[-8:]) == PNG_END and img.getexif().get(EXIF_ORIENTATION, 1) == 1
+    return False
+
+
+def decode_tensors(items: list[tuple[str, bytes | bytearray]], spec: PreprocessSpec,
+                   device: torch.device) -> list[torch.Tensor]:
+    """(format, bytes) pairs → uint8 [C, H, W] tensors on `device` in the spec's mode. JPEGs are
+    decoded together on the GPU (nvjpeg) when `device` is one; PNGs on the CPU, then moved."""
+    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+    mode = ImageReadMode.GRAY if spec.channels == 1 else ImageReadMode.RGB
+    out: list[torch.Tensor | None] = [None] * len(items)
+    raw = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for _, data in items]
+    try:
+        jpegs = [i for i, (fmt, _) in enumerate(items) if fmt == "JPEG"]
+        if device.type == "cuda" and jpegs:
+            for i, t in zip(jpegs, decode_jpeg([raw[i] for i in jpegs], mode=mode, device=device)):
+                out[i] = t
+        for i, t in enumerate(out):
+            if t is None:
+                out[i] = decode_image(raw[i], mode=mode).to(device, non_blocking=True)
+    except RuntimeError as e:  # torchvision's decoders raise RuntimeError for corrupt data
+        raise InvalidImage(f"image could not be decoded: {e}") from None
+    return out  # type: ignore[return-value]
+
+
+def resize_tensor(uint8_chw: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """`resize` on a uint8 [C, H, W] tensor: the same policy, sizes and crop offsets."""
+    from torchvision.transforms.v2 import functional as F
+
+    interp = F.InterpolationMode(spec.interpolation)
+    h, w = uint8_chw.shape[-2:]
+    if spec.resize == "resize":
+        if (h, w) == (spec.height, spec.width):
+            return uint8_chw
+        return F.resize(uint8_chw, [spec.height, spec.width], interpolation=interp, antialias=True)
+    shorter = spec.resize_shorter or max(spec.height, spec.width)
+    scale = shorter / min(w, h)
+    out = F.resize(uint8_chw, [max(1, round(h * scale)), max(1, round(w * scale))], interpolation=interp,
+                   antialias=True)
+    h, w = out.shape[-2:]
+    top, left = (h - spec.height) // 2, (w - spec.width) // 2
+    return out[..., top:top + spec.height, left:left + spec.width]

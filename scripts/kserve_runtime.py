@@ -204,6 +204,15 @@ class MarModel(Model):
 
 
 class ClassifierDataPlane(DataPlane):
+    def decode(self, body, headers, protocol_version: str = "v1", model_name: str | None = None):
+        """kserve reads application/octet-stream as JSON; TorchServe's native protocol sends raw
+        image bytes with it. A v1 body that is not JSON-shaped passes through raw, as image/* does."""
+        if (isinstance(body, bytes) and protocol_version.lower() == "v1" and headers
+                and headers.get("content-type", "").split(";")[0].strip() == "application/octet-stream"
+                and body.lstrip()[:1] not in (b"{", b"[")):
+            return body, {}
+        return super().decode(body, headers, protocol_version, model_name)
+
     async def model_metadata(self, model_name: str) -> dict:
         """OIP model metadata with the model's version and platform (kserve leaves them out)."""
         metadata = await super().model_metadata(model_name)

@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import struct
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from scripts import archive
-from scripts.settings import FrontendSettings, ModelServingSettings, ServingSettings
+from scripts.settings import FrontendSettings, ModelServingSettings, loopback_settings
 from scripts.torchserve import TorchServe
 
 Answer = dict[str, float]
@@ -401,25 +400,6 @@ def build_store(checkpoint: Path, out: Path, rs: ReliabilitySettings,
         v2_name = f"{rs.model}-v2.mar"
         shutil.copy2(v2, out / "model-store" / v2_name)
     return Store(out, mar.name, v2_name)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def loopback_settings() -> ServingSettings:
-    inf, mgmt, met, grpc_inf, grpc_mgmt = free_ports(5)
-    return ServingSettings(host="127.0.0.1", inference_port=inf, management_port=mgmt, metrics_port=met,
-                           grpc_inference_port=grpc_inf, grpc_management_port=grpc_mgmt)
 
 
 # --- scenario: bad inputs ------------------------------------------------------------------------

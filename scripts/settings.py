@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Mapping
 
 from handlers.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from scripts.process import free_ports
 
 # TorchServe's own Prometheus metric names that the tools read.
 METRIC_REQUESTS_TOTAL = "ts_inference_requests_total"
@@ -110,6 +111,13 @@ class FrontendSettings:
     # Register/unregister/set-default over the management API (TorchServe 0.12 default: off;
     # models then come only from model_snapshot).
     enable_model_api: bool = False
+
+
+def loopback_settings() -> ServingSettings:
+    """TorchServe's five listeners on free loopback ports (tests, benchmarks, the reliability suite)."""
+    inf, mgmt, met, grpc_inf, grpc_mgmt = free_ports(5)
+    return ServingSettings(host="127.0.0.1", inference_port=inf, management_port=mgmt, metrics_port=met,
+                           grpc_inference_port=grpc_inf, grpc_management_port=grpc_mgmt)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import zipfile
 from pathlib import Path
 
@@ -14,31 +13,11 @@ from PIL import Image
 
 from model import data, imagenet, train
 from scripts import archive
-from scripts.settings import ServingSettings
+from scripts.settings import loopback_settings
 from scripts.torchserve import TorchServe
 
 MODEL_NAME = "fashion-mnist"
 IMAGENET_NAME = "imagenet"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def loopback_settings() -> ServingSettings:
-    inf, mgmt, met, grpc_inf, grpc_mgmt = free_ports(5)
-    return ServingSettings(host="127.0.0.1", inference_port=inf, management_port=mgmt,
-                           metrics_port=met, grpc_inference_port=grpc_inf,
-                           grpc_management_port=grpc_mgmt)
 
 
 def png_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

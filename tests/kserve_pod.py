@@ -21,9 +21,8 @@ from pathlib import Path
 import requests
 
 from scripts.process import ServerProcess
-from scripts.settings import KSERVE_MODEL_MOUNT
 from scripts.torchserve import WORKER_FAILURE_MARKERS
-from tests.conftest import free_ports
+from scripts.process import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

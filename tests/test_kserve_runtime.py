@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,7 +28,8 @@ from handlers.inputs import MAX_IMAGES_PER_REQUEST, parse_row
 from scripts import kserve_runtime
 from scripts.settings import ServingSettings
 from scripts.kserve_native import KServeRuntime
-from tests.conftest import IMAGENET_NAME, MODEL_NAME, assert_same_topk, free_ports, png_bytes
+from scripts.process import free_ports
+from tests.conftest import IMAGENET_NAME, MODEL_NAME, assert_same_topk, png_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat"}
@@ -305,11 +307,19 @@ def test_v2_grpc_with_the_sdk_raw_bytes_as_contents_and_as_raw_input(runtime, im
 
 
 @pytest.mark.integration
-def test_native_raw_body_on_the_v1_route_like_torchserve(runtime, images, local):
-    r = requests.post(v1(runtime.url), data=images[0], headers={"Content-Type": "image/png", "X-TopK": "2"},
+@pytest.mark.parametrize("content_type", ["image/png", "application/octet-stream"])
+def test_native_raw_body_on_the_v1_route_like_torchserve(runtime, images, local, content_type):
+    """kserve itself reads application/octet-stream as JSON; a raw image sent with it (what
+    TorchServe's native clients send) is answered as TorchServe answers it."""
+    r = requests.post(v1(runtime.url), data=images[0], headers={"Content-Type": content_type, "X-TopK": "2"},
                       timeout=30)
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
     assert_same_topk(r.json(), local[MODEL_NAME].predict([images[0]], 2)[0])
+    # JSON sent as octet-stream is still read as JSON
+    body = {"instances": [{"b64": b64(images[0])}]}
+    r = requests.post(v1(runtime.url), data=json.dumps(body), headers={"Content-Type": "application/octet-stream"},
+                      timeout=30)
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1
 
 
 @pytest.mark.integration

@@ -24,7 +24,8 @@ from scripts.monitoring.dashboard import KSERVE_NATIVE, RUNTIMES, TORCHSERVE
 from scripts.monitoring.monitor import free_port
 from scripts.monitoring.prometheus import Prometheus, PrometheusError, job_name, write_config
 from scripts.kserve_native import KServeRuntime
-from tests.conftest import IMAGENET_NAME, MODEL_NAME, free_ports, metric_value
+from scripts.process import free_ports
+from tests.conftest import IMAGENET_NAME, MODEL_NAME, metric_value
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian prometheus not installed")]

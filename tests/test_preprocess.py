@@ -122,3 +122,70 @@ def test_bodies_over_the_byte_limit_are_rejected():
 def test_images_over_the_pixel_limit_are_rejected_before_decoding():
     with pytest.raises(ImageTooLarge, match="pixel limit"):
         pp.decode_image(png_bytes(Image.new("L", (100, 100))), max_pixels=100 * 99)
+
+
+# --- the tensor path (torchvision.io decode + resize on the model's device) ----------------------
+# Stated tolerance against the PIL path, on the CPU: uint8 pixels after resizing differ by at most
+# 8 levels and by at most 1 level on average (resampling arithmetic, and libjpeg decoding straight
+# to gray where PIL converts from RGB). tests/test_classifier.py holds the prediction tolerance.
+
+IMAGENET_LIKE = pp.PreprocessSpec(224, 224, 3, (0.5,) * 3, (0.5,) * 3, "resize_center_crop", 256)
+GRAY_CROP = pp.PreprocessSpec(224, 224, 1, (0.5,), (0.5,), "resize_center_crop", 256)
+CPU = torch.device("cpu")
+
+
+def real_photos() -> dict[str, bytes]:
+    from skimage import data as sk
+    out = {}
+    for name, arr in (("chelsea", sk.chelsea()), ("coffee", sk.coffee())):
+        out[f"{name}.jpg"] = png_bytes(Image.fromarray(arr), "JPEG", quality=90)
+        out[f"{name}.png"] = png_bytes(Image.fromarray(arr))
+    return out
+
+
+@pytest.mark.parametrize("spec", [IMAGENET_LIKE, GRAY_CROP, GRAY28, RGB], ids=["rgb-crop", "gray-crop", "gray28", "rgb-squash"])
+def test_tensor_path_matches_the_pil_path_within_tolerance(spec):
+    for name, data in real_photos().items():
+        img = pp.open_image(data)
+        assert pp.tensor_decodable(img, data), name
+        reference = pp.image_to_uint8(pp.load_image(pp.open_image(data)), spec).int()
+        fast = pp.resize_tensor(pp.decode_tensors([(img.format, data)], spec, CPU)[0], spec)
+        assert fast.dtype == torch.uint8 and fast.shape == reference.shape == (spec.channels, spec.height, spec.width)
+        diff = (fast.int() - reference).abs().float()
+        assert diff.max() <= 8 and diff.mean() <= 1.0, (name, diff.max(), diff.mean())
+
+
+def test_only_what_torchvision_decodes_like_pil_takes_the_tensor_path():
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8))
+    jpeg = png_bytes(photo, "JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: torchvision's GPU decoder would not apply it
+    ineligible = {
+        "truncated jpeg": jpeg[:-40],
+        "rotated jpeg": png_bytes(photo, "JPEG", exif=exif),
+        "cmyk jpeg": png_bytes(photo.convert("CMYK"), "JPEG"),
+        "rgba png": png_bytes(photo.convert("RGBA")),
+        "16-bit png": png_bytes(Image.fromarray(np.full((4, 4), 40000, dtype=np.uint16))),
+        "palette png": png_bytes(photo.convert("P")),
+        "gif": png_bytes(photo, "GIF"),
+        "webp": png_bytes(photo, "WEBP"),
+    }
+    for name, data in ineligible.items():
+        assert not pp.tensor_decodable(pp.open_image(data), data), name
+    for data in (jpeg, png_bytes(photo), png_bytes(photo.convert("L"))):
+        assert pp.tensor_decodable(pp.open_image(data), data)
+
+
+def test_a_corrupt_image_on_the_tensor_path_is_an_invalid_image():
+    data = bytearray(png_bytes(Image.new("RGB", (16, 16), "red"), "JPEG"))
+    data[30:200] = b"\x00" * 170  # header and end marker intact, entropy-coded data wrecked
+    with pytest.raises(InvalidImage, match="could not be decoded"):
+        pp.decode_tensors([("JPEG", bytes(data))], RGB, CPU)
+
+
+def test_open_image_checks_limits_before_decoding():
+    big = png_bytes(Image.new("L", (300, 300)))
+    with pytest.raises(ImageTooLarge, match="pixel limit"):
+        pp.open_image(big, max_pixels=300 * 299)
+    with pytest.raises(EmptyInput):
+        pp.open_image(b"")

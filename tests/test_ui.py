@@ -27,7 +27,8 @@ from scripts import ui_server
 from scripts.process import ServerProcess
 from scripts.settings import ServingSettings
 from scripts.torchserve import TorchServe, snapshot_models
-from tests.conftest import MODEL_NAME, free_ports, loopback_settings
+from scripts.process import free_ports
+from tests.conftest import MODEL_NAME, loopback_settings
 
 pytestmark = pytest.mark.integration
 

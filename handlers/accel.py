@@ -1,0 +1,115 @@
+"""Where and how the model runs: device, precision, memory format, where images are decoded, and
+torch.compile. Typed, defaulted, read from the environment (the same SERVE_* names in every
+runtime: TorchServe's worker inherits its container's environment). "auto" means: the GPU path
+when a GPU is present (JPEG decoded on the GPU, fp16, channels_last), the CPU path otherwise.
+
+  SERVE_DEVICE           auto | cpu | cuda | cuda:N
+  SERVE_PRECISION        auto | fp32 | fp16 | bf16        (auto: fp16 on a GPU, fp32 on the CPU)
+  SERVE_CHANNELS_LAST    auto | true | false               (auto: on a GPU)
+  SERVE_TENSOR_DECODE    auto | true | false               (auto: on a GPU; torchvision.io decodes
+                         complete 8-bit RGB/gray JPEG and PNG, on the GPU for JPEG; other images
+                         take the PIL path)
+  SERVE_COMPILE          false | true                      (torch.compile the network at load)
+  SERVE_TORCH_THREADS    CPU threads per forward pass (default on the CPU: 1, see below)
+
+One thread per forward pass on the CPU by default: a server runs several requests (and its own
+frontend) at once, and torch's OpenMP threads spin while they wait for each other. On the 2-core
+machine here, with the clients and the frontend on the same cores, a small CNN's pass cost 40 ms
+of CPU with 2 threads and 1.25 ms with 1 (measured in-process, other work running). Set more for large models
+served one request at a time.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+import torch
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+ENV_PREFIX = "SERVE_"
+
+
+class AccelError(ValueError):
+    """A setting that cannot work here, named with its variable."""
+
+
+def _flag(name: str, raw: str) -> bool | None:
+    value = raw.strip().lower()
+    if value == "auto":
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise AccelError(f"{ENV_PREFIX}{name.upper()} must be auto, true or false, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None  # None: auto
+    tensor_decode: bool | None = None  # None: auto
+    compile: bool = False
+    torch_threads: int | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "InferenceOptions":
+        values: dict = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw.strip() == "":
+                continue
+            if f.name in ("channels_last", "tensor_decode"):
+                values[f.name] = _flag(f.name, raw)
+            elif f.name == "compile":
+                values[f.name] = bool(_flag(f.name, raw))
+            elif f.name == "torch_threads":
+                if not raw.strip().isdigit() or int(raw) < 1:
+                    raise AccelError(f"{ENV_PREFIX}TORCH_THREADS must be a positive integer, got {raw!r}")
+                values[f.name] = int(raw)
+            else:
+                values[f.name] = raw.strip().lower()
+        return cls(**values)
+
+    def resolve(self) -> "ResolvedOptions":
+        """Concrete choices for this machine; an explicit request that cannot work is an error
+        (a GPU asked for where there is none), never a silent downgrade."""
+        if self.device == "auto":
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            try:
+                device = torch.device(self.device)
+            except RuntimeError:
+                raise AccelError(f"{ENV_PREFIX}DEVICE: not a device: {self.device!r} (auto, cpu, cuda, cuda:N)") from None
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise AccelError(f"{ENV_PREFIX}DEVICE={self.device} but torch sees no CUDA GPU here "
+                                 f"(use auto or cpu)")
+            if device.type not in ("cpu", "cuda"):
+                raise AccelError(f"{ENV_PREFIX}DEVICE: only cpu and cuda are supported, got {self.device!r}")
+        gpu = device.type == "cuda"
+        precision = self.precision if self.precision != "auto" else ("fp16" if gpu else "fp32")
+        if precision not in PRECISIONS:
+            raise AccelError(f"{ENV_PREFIX}PRECISION must be auto, {', '.join(PRECISIONS)}; got {self.precision!r}")
+        return ResolvedOptions(
+            device=device, dtype=PRECISIONS[precision],
+            channels_last=gpu if self.channels_last is None else self.channels_last,
+            tensor_decode=gpu if self.tensor_decode is None else self.tensor_decode,
+            compile=self.compile, torch_threads=self.torch_threads or (None if gpu else 1))
+
+
+@dataclass(frozen=True)
+class ResolvedOptions:
+    device: torch.device
+    dtype: torch.dtype
+    channels_last: bool
+    tensor_decode: bool
+    compile: bool
+    torch_threads: int | None
+
+    def describe(self) -> str:
+        return (f"{self.device}, {str(self.dtype).removeprefix('torch.')}, "
+                f"{'channels_last' if self.channels_last else 'contiguous'}, "
+                f"{'tensor' if self.tensor_decode else 'PIL'} decode{', compiled' if self.compile else ''}"
+                f"{f', {self.torch_threads} CPU threads' if self.torch_threads else ''}")
