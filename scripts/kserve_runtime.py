@@ -46,10 +46,11 @@ from kserve.protocol.rest.server import RESTServer
 from handlers.classifier import ImageClassifier, Result
 from handlers.errors import InputError, MalformedRequest
 from handlers.inputs import ParsedRequest, parse_row
-from handlers.metrics import Observation, PrometheusMetrics
+from handlers.metrics import Observation, PrometheusMetrics, Stopwatch
 from handlers.responses import render
 from handlers.spec import ModelSpec
 from scripts.archive import read_manifest
+from scripts.batching import MicroBatcher
 from scripts.settings import ServingSettings
 
 PLATFORM = "pytorch"
@@ -127,8 +128,11 @@ class Job:
     request: ParsedRequest
     grpc: bool
     results: list[Result] = field(default_factory=list)
-    obs: Observation = field(default_factory=Observation)
-    started: float = field(default_factory=time.perf_counter)
+
+# Images per forward pass: requests that queue while one batch runs form the next (no waiting)
+MAX_BATCH_IMAGES = 32
+# Batches faster than this on average run on the event loop, skipping two thread hand-offs
+INLINE_BELOW_MS = 3.0  # measured: docs/bench/bench.md
 
 
 def grpc_response(body: dict) -> InferResponse:
@@ -142,7 +146,8 @@ class MarModel(Model):
     """One `.mar`: unpacked into a private directory and loaded with the code TorchServe's worker
     runs (`ImageClassifier.load`)."""
 
-    def __init__(self, mar: Path, unpack_root: Path, device: str | None = None):
+    def __init__(self, mar: Path, unpack_root: Path, device: str | None = None,
+                 inline_below_ms: float = 0.0):
         manifest = read_manifest(mar)["model"]
         super().__init__(manifest["modelName"], return_response_headers=True)
         self.mar = mar
@@ -150,6 +155,7 @@ class MarModel(Model):
         self.model_dir = unpack_root / f"{self.name}-{self.version}"
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.classifier: ImageClassifier | None = None
+        self.inline_below_ms = inline_below_ms
 
     def load(self) -> bool:
         with zipfile.ZipFile(self.mar) as z:
@@ -163,6 +169,8 @@ class MarModel(Model):
         # the handler metrics TorchServe exports, same names and labels (handlers/metrics.py)
         self.metrics = PrometheusMetrics(self.name, self.version)
         self.metrics.model_loaded(time.perf_counter() - started)
+        self.batcher = MicroBatcher(self._run_batch, max_items=MAX_BATCH_IMAGES,
+                                    inline_below_s=self.inline_below_ms / 1000)
         self.ready = True
         logger.info("loaded %s v%s from %s on %s (%d classes)", self.name, self.version,
                     self.mar.name, self.device, len(spec.labels))
@@ -183,19 +191,26 @@ class MarModel(Model):
         grpc = isinstance(payload, InferRequest) and payload.from_grpc
         return Job(parse_request(payload, headers or {}, self.classifier.max_bytes), grpc)
 
+    def _run_batch(self, items: list[tuple[bytes, int | None]]) -> list[Result]:
+        """One forward pass for the images of every request in a micro-batch (a worker thread:
+        the event loop keeps answering); metrics per batch, as TorchServe's handler records them."""
+        obs = Observation()
+        with Stopwatch(obs, "handle"):
+            results = self.classifier.predict([image for image, _ in items], [k for _, k in items], obs)
+        self.metrics.record(obs)
+        return results
+
     async def predict(self, job: Job, headers=None, response_headers=None) -> Job:
         if job.request.error is None:
-            # decoding and the forward pass off the event loop: health checks stay answered
-            job.results = await asyncio.to_thread(self.classifier.predict, job.request.images,
-                                                  job.request.topk, job.obs)
+            job.results = await self.batcher.submit([(image, job.request.topk) for image in job.request.images])
         return job
 
     async def postprocess(self, job: Job, headers=None, response_headers=None) -> dict | InferResponse:
         status, body = render(job.request, job.results, self.classifier.spec)
-        if job.request.error is not None:
-            job.obs.rejected[job.request.error.reason] += 1
-        job.obs.seconds["handle"] = time.perf_counter() - job.started
-        self.metrics.record(job.obs)
+        if job.request.error is not None:  # refused before any batch: counted here
+            obs = Observation()
+            obs.rejected[job.request.error.reason] += 1
+            self.metrics.record(obs)
         if status != 200:
             raise RequestRefused(status, body)
         if response_headers is not None:
@@ -328,14 +343,14 @@ class BoundModelServer(ModelServer):
 
 # --- command line ------------------------------------------------------------------------------
 
-def load_models(model_store: Path, unpack_root: Path) -> list[MarModel]:
+def load_models(model_store: Path, unpack_root: Path, inline_below_ms: float = 0.0) -> list[MarModel]:
     mars = sorted(Path(model_store).glob("*.mar"))
     if not mars:
         raise ArchiveLoadError(f"no .mar files in {model_store}")
     models: dict[str, MarModel] = {}
     for mar in mars:
         try:
-            model = MarModel(mar, unpack_root)
+            model = MarModel(mar, unpack_root, inline_below_ms=inline_below_ms)
             if model.name in models:
                 raise ValueError(f"model {model.name!r} is also in {models[model.name].mar.name}")
             model.load()
@@ -356,7 +371,14 @@ def get_args_parser(settings: ServingSettings | None = None) -> argparse.Argumen
     p.add_argument("--host", default=s.host, help="address both listeners bind (a pod: 0.0.0.0)")
     p.add_argument("--http-port", type=int, default=s.kserve_http_port, help="v1/v2 REST and /metrics")
     p.add_argument("--grpc-port", type=int, default=s.kserve_grpc_port, help="OIP v2 gRPC")
+    p.add_argument("--inline-below-ms", type=float, default=INLINE_BELOW_MS,
+                   help="run a model's batches on the event loop while they take less than this on "
+                        "average (0: always in a worker thread)")
     return p
+
+
+def given(args: list[str], flag: str) -> bool:
+    return any(a.split("=")[0] == flag for a in args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,18 +386,21 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated", category=FastAPIDeprecationWarning)
     parser = get_args_parser()
     args, rest = parser.parse_known_args(argv)
-    model_server.parser.parse_args(rest)  # the rest must be kserve's own flags: a typo stops here
-    unused = [flag for flag in UNUSED_KSERVE_FLAGS if any(a.split("=")[0] == flag for a in rest)]
+    kserve_args = model_server.parser.parse_args(rest)  # the rest must be kserve's own flags: a typo stops here
+    unused = [flag for flag in UNUSED_KSERVE_FLAGS if given(rest, flag)]
     if unused:
         parser.error(f"{', '.join(unused)}: not used by this runtime (one REST process, gRPC always on, "
                      "no TLS; ports: --http-port, --grpc-port)")
     with tempfile.TemporaryDirectory(prefix="kserve-runtime-") as unpack_root:
         try:
-            models = load_models(args.model_store, Path(unpack_root))
+            models = load_models(args.model_store, Path(unpack_root), args.inline_below_ms)
         except ArchiveLoadError as e:
             print(f"kserve_runtime: error: {e}", file=sys.stderr)
             return 2
-        BoundModelServer(args.host, http_port=args.http_port, grpc_port=args.grpc_port).start(models)
+        # kserve logs a latency line per request by default; /metrics already has those timings
+        latency_log = kserve_args.enable_latency_logging if given(rest, "--enable_latency_logging") else False
+        BoundModelServer(args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                         enable_latency_logging=latency_log).start(models)
     return 0
 
 

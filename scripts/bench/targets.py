@@ -84,8 +84,8 @@ def start_torchserve(store: Path, run_dir: Path) -> TorchServe:
     return TorchServe(store, loopback_settings(), run_dir).start(timeout=240)
 
 
-def start_kserve(store: Path, run_dir: Path) -> KServeRuntime:
-    return KServeRuntime(store / "model-store", run_dir, *free_ports(2)).start(timeout=240)
+def start_kserve(store: Path, run_dir: Path, extra_args: tuple[str, ...] = ()) -> KServeRuntime:
+    return KServeRuntime(store / "model-store", run_dir, *free_ports(2), extra_args=extra_args).start(timeout=240)
 
 
 def start_baseline(checkpoint: Path, run_dir: Path, torch_threads: int | None = None) -> FastAPIBaseline:

@@ -1,0 +1,109 @@
+"""scripts/batching.py: greedy micro-batching keeps each caller's results, batches what queued
+while a batch ran, bounds batch size, never waits to fill a batch, and contains failures."""
+import asyncio
+import threading
+import time
+
+import pytest
+
+from scripts.batching import MicroBatcher
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_results():
+    calls = []
+
+    def run(items):
+        calls.append(list(items))
+        time.sleep(0.02)  # while one batch runs, the others queue
+        return [x * 10 for x in items]
+
+    async def main():
+        b = MicroBatcher(run, max_items=64)
+        results = await asyncio.gather(*(b.submit([i, i + 100]) for i in range(20)))
+        return b, results
+
+    b, results = asyncio.run(main())
+    assert results == [[i * 10, (i + 100) * 10] for i in range(20)]
+    assert b.batches == len(calls) < 20  # fewer calls than requests
+    assert sorted(x for c in calls for x in c) == sorted(list(range(20)) + list(range(100, 120)))
+
+
+def test_a_batch_never_exceeds_max_items_but_takes_an_oversized_request_alone():
+    sizes = []
+
+    def run(items):
+        sizes.append(len(items))
+        time.sleep(0.01)
+        return list(items)
+
+    async def main():
+        b = MicroBatcher(run, max_items=5)
+        reqs = [[1, 2], [3, 4], [5, 6], list(range(9)), [7]]
+        return await asyncio.gather(*(b.submit(r) for r in reqs)), reqs
+
+    got, reqs = asyncio.run(main())
+    assert got == reqs
+    assert all(s <= 5 for s in sizes if s != 9) and 9 in sizes
+
+
+def test_a_lone_request_does_not_wait():
+    async def main():
+        b = MicroBatcher(lambda items: items)
+        t0 = time.perf_counter()
+        for i in range(50):
+            assert await b.submit([i]) == [i]
+        return (time.perf_counter() - t0) / 50
+
+    assert asyncio.run(main()) < 0.05  # a thread hop each, no batching delay
+
+
+def test_a_failing_batch_fails_its_callers_only_and_the_batcher_goes_on():
+    started = threading.Event()
+
+    def run(items):
+        started.set()
+        if "bad" in items:
+            raise ValueError("boom")
+        return items
+
+    async def main():
+        b = MicroBatcher(run, max_items=1)  # one request per batch: the failure stays in its own
+        bad = asyncio.ensure_future(b.submit(["bad"]))
+        good = asyncio.ensure_future(b.submit(["ok"]))
+        with pytest.raises(ValueError, match="boom"):
+            await bad
+        assert await good == ["ok"]
+        assert await b.submit(["later"]) == ["later"]
+
+    asyncio.run(main())
+    assert started.is_set()
+
+
+def test_max_items_must_be_positive():
+    with pytest.raises(ValueError):
+        MicroBatcher(lambda x: x, max_items=0)
+
+
+def test_fast_batches_run_on_the_loop_and_slow_ones_in_a_thread():
+    def make(seconds):
+        threads = []
+
+        def run(items):
+            threads.append(threading.get_ident())
+            time.sleep(seconds)
+            return items
+        return run, threads
+
+    async def drive(run, n=12):
+        b = MicroBatcher(run, inline_below_s=0.05)
+        for i in range(n):
+            await b.submit([i])
+        return threading.get_ident()
+
+    fast, fast_threads = make(0.0)
+    loop_thread = asyncio.run(drive(fast))
+    assert fast_threads[0] != loop_thread  # unknown cost: the first call goes to a thread
+    assert set(fast_threads[1:]) == {loop_thread}
+    slow, slow_threads = make(0.1)
+    loop_thread = asyncio.run(drive(slow, 4))
+    assert loop_thread not in slow_threads
