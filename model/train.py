@@ -6,6 +6,8 @@ The default is the quick Fashion-MNIST recipe (small CNN, AdamW, one-cycle sched
     python -m model.train --output-dir runs/fashion-mnist
     python -m model.train --image-folder DIR --manifest split.json --image-size 64 --epochs 20 \\
         --opt sgd --sched cosine --warmup-epochs 1 --patience 5 --output-dir runs/mine
+    python -m model.train --arch efficientnet_lite --pretrained --freeze-epochs 2 --image-size 64 \
+        --channels 3 --train-per-class 300 --epochs 10 --sched cosine --lr 3e-3   # transfer learning
 
 Writes <output-dir>/model.pt (the selected model: best validation epoch when there is a
 validation split, else the last), last.pt (full training state, for --resume) and eval.json
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from handlers.preprocess import PreprocessSpec, normalize
-from model import checkpoint, data, evaluate, nets, presets, split, stats, tracking
+from model import checkpoint, data, evaluate, nets, presets, pretrained, split, stats, tracking
 from model.utils import pick_device, seed_everything, set_threads
 
 
@@ -42,10 +44,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--mean", type=float, nargs="+", help="per-channel mean (default: computed on train)")
     d.add_argument("--std", type=float, nargs="+", help="per-channel std (default: computed on train)")
     d.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    d.add_argument("--train-per-class", type=int, default=None,
+                   help="use only the first N training images of each class (a class-balanced subset)")
     d.add_argument("--test-limit", type=int, default=None, help="evaluate only the first N test images")
     m = p.add_argument_group("model and optimisation")
     m.add_argument("--arch", default="small_cnn", choices=sorted(nets.ARCHS))
     m.add_argument("--width", type=int, default=16, help="base channel width of the small CNN")
+    m.add_argument("--depth", type=int, default=1, help="small CNN: conv layers per stage")
+    m.add_argument("--flip-tta", action="store_true",
+                   help="small CNN: evaluate (and serve) on the mean logits of the image and its mirror")
+    m.add_argument("--pretrained", action="store_true",
+                   help="start from ImageNet weights (efficientnet_lite and the torchvision backbones; "
+                        "local files, see model/pretrained.py, or --download); the head is new")
+    m.add_argument("--freeze-epochs", type=int, default=0,
+                   help="two-stage fine-tuning: train only the head for the first K epochs (backbone "
+                        "frozen, its batch-norm statistics too), then everything")
+    m.add_argument("--backbone-lr-scale", type=float, default=None,
+                   help="backbone learning rate = lr × this (default 0.1 with --freeze-epochs, else 1)")
+    m.add_argument("--bn-momentum", type=float, default=0.1,
+                   help="batch-norm running-statistics momentum while training (PyTorch's default; the "
+                        "TF-derived EfficientNet/MobileNet layers ship 0.01, too slow to track a short run)")
     m.add_argument("--epochs", type=int, default=3)
     m.add_argument("--batch-size", type=int, default=128)
     m.add_argument("--opt", choices=("adamw", "sgd"), default="adamw")
@@ -84,6 +102,19 @@ def limit(ds, n: int | None):
     return ds if not n or n >= len(ds) else data.DatasetView(ds, range(n), ds.classes)
 
 
+def per_class(ds, n: int | None):
+    """The first n items of each class, in dataset order."""
+    if not n:
+        return ds
+    seen: dict[int, int] = {}
+    keep = []
+    for i, t in enumerate(data.labels_tensor(ds).tolist()):
+        seen[t] = seen.get(t, 0) + 1
+        if seen[t] <= n:
+            keep.append(i)
+    return data.DatasetView(ds, keep, ds.classes)
+
+
 def load_splits(args) -> tuple:
     """(train, val or None, test): from a manifest, or the torchvision train/test parts."""
     if not args.manifest and not args.dataset:
@@ -91,9 +122,10 @@ def load_splits(args) -> tuple:
                          "and pass --manifest")
     if args.manifest:
         parts = split.apply_manifest(data.source_from_args(args, train=True), split.read_manifest(args.manifest))
-        return limit(parts["train"], args.train_limit), parts["val"] or None, limit(parts["test"], args.test_limit)
+        train = limit(per_class(parts["train"], args.train_per_class), args.train_limit)
+        return train, parts["val"] or None, limit(parts["test"], args.test_limit)
     train, test = data.source_from_args(args, train=True), data.source_from_args(args, train=False)
-    train, val = limit(train, args.train_limit), None
+    train, val = limit(per_class(train, args.train_per_class), args.train_limit), None
     if args.val_fraction:
         cut = split.stratified_split(data.labels_tensor(train).tolist(),
                                      (1 - args.val_fraction, args.val_fraction, 0.0), args.seed)
@@ -102,7 +134,7 @@ def load_splits(args) -> tuple:
 
 
 def preprocess_spec(args, train) -> PreprocessSpec:
-    custom = args.image_size or args.channels or args.mean or args.std or not args.dataset
+    custom = args.image_size or args.channels or args.mean or args.std or not args.dataset or args.pretrained
     if not custom:
         return presets.DATASET_SPECS[args.dataset]
     base = presets.DATASET_SPECS.get(args.dataset) if args.dataset else None
@@ -110,6 +142,8 @@ def preprocess_spec(args, train) -> PreprocessSpec:
     channels = args.channels or (base.channels if base else 3)
     if args.mean and args.std:
         mean, std = args.mean, args.std
+    elif args.pretrained:  # the statistics the ImageNet weights were trained with
+        mean, std = pretrained.normalization(args.arch, channels)
     else:
         measured = stats.channel_stats(data.pil_images(train), channels, total=len(train))
         mean, std = measured["mean"], measured["std"]
@@ -123,17 +157,39 @@ def to_tensors(ds, spec: PreprocessSpec, name: str):
     return x, data.labels_tensor(ds)
 
 
+def backbone_lr_scale(args) -> float:
+    if args.backbone_lr_scale is not None:
+        return args.backbone_lr_scale
+    return 0.1 if args.freeze_epochs else 1.0
+
+
+def param_groups(net, args) -> list[dict]:
+    """One group, or [head, backbone] when the backbone gets its own (lower) learning rate."""
+    scale = backbone_lr_scale(args)
+    if scale == 1.0 and not args.freeze_epochs:
+        return [{"params": list(net.parameters()), "lr": args.lr}]
+    named = list(net.named_parameters())
+    head = [p for n, p in named if nets.is_head(args.arch, n)]
+    backbone = [p for n, p in named if not nets.is_head(args.arch, n)]
+    return [{"params": head, "lr": args.lr, "name": "head"},
+            {"params": backbone, "lr": args.lr * scale, "name": "backbone"}]
+
+
 def make_optimizer(net, args) -> torch.optim.Optimizer:
+    groups = param_groups(net, args)
     if args.opt == "sgd":
-        return torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True,
                                weight_decay=args.weight_decay)
-    return torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
 
 
 def make_scheduler(optimizer, args, steps_per_epoch: int):
+    """One schedule over all epochs (both stages of two-stage fine-tuning); each parameter group
+    follows it at its own peak learning rate."""
     total = args.epochs * steps_per_epoch
     if args.sched == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                                   total_steps=total)
     warmup = int(args.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:  # linear warm-up, then cosine to zero
@@ -144,13 +200,33 @@ def make_scheduler(optimizer, args, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_one_epoch(net, optimizer, scheduler, x, y, spec, args, device, gen, epoch) -> float:
+def stage(args, epoch: int) -> int:
+    """Two-stage fine-tuning: 1 = head only (epochs 1..freeze_epochs), 2 = everything."""
+    return 1 if epoch <= args.freeze_epochs else 2
+
+
+def set_stage(net, arch: str, frozen: bool, bn_momentum: float | None = None) -> None:
+    """Training mode; with `frozen`, the backbone's parameters take no gradient (the optimizer
+    skips them, weight decay included) and its batch-norm layers keep their running statistics."""
     net.train()
+    for name, param in net.named_parameters():
+        param.requires_grad_(not frozen or nets.is_head(arch, name))
+    for name, module in net.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            if bn_momentum is not None:  # a module attribute, not saved: evaluation is unaffected
+                module.momentum = bn_momentum
+            if frozen and not nets.is_head(arch, name):
+                module.eval()
+
+
+def train_one_epoch(net, optimizer, scheduler, x, y, spec, args, device, gen, epoch) -> float:
+    set_stage(net, args.arch, frozen=stage(args, epoch) == 1, bn_momentum=args.bn_momentum)
     order = torch.randperm(len(x), generator=gen)
     steps = math.ceil(len(x) / args.batch_size)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.amp and device.type == "cuda" else nullcontext()
     total, seen, start = 0.0, 0, time.perf_counter()
-    bar = tqdm(range(steps), desc=f"epoch {epoch}/{args.epochs}", unit="step")
+    desc = f"epoch {epoch}/{args.epochs}" + (f" (stage {stage(args, epoch)})" if args.freeze_epochs else "")
+    bar = tqdm(range(steps), desc=desc, unit="step")
     for step in bar:
         idx = order[step * args.batch_size:(step + 1) * args.batch_size]
         batch = x[idx]
@@ -215,7 +291,14 @@ class Run:
         torch.set_rng_state(t["torch_rng"])
         self.progress = Progress(**t["progress"])
         self.next_epoch = state["epoch"] + 1
-        print(f"resumed from {path} after epoch {state['epoch']}")
+        saved = t.get("stage", {"freeze_epochs": 0, "backbone_lr_scale": 1.0})
+        wanted = {"freeze_epochs": self.args.freeze_epochs, "backbone_lr_scale": backbone_lr_scale(self.args)}
+        if {k: saved[k] for k in wanted} != wanted:
+            raise SystemExit(f"--resume {path}: that run was trained with {saved}; pass the same "
+                             f"--freeze-epochs/--backbone-lr-scale (got {wanted})")
+        print(f"resumed from {path} after epoch {state['epoch']}"
+              + (f" (stage {saved['stage']}; epoch {self.next_epoch} is stage {stage(self.args, self.next_epoch)})"
+                 if "stage" in saved else ""))
 
     def validate(self, epoch: int, row: dict) -> None:
         a, p, t = self.args, self.progress, self.tensors
@@ -246,7 +329,9 @@ class Run:
             self.save("last.pt", epoch, {}, train_state={
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "progress": dataclasses.asdict(p)})
+                "progress": dataclasses.asdict(p),
+                "stage": {"stage": stage(a, epoch), "freeze_epochs": a.freeze_epochs,
+                          "backbone_lr_scale": backbone_lr_scale(a)}})
             if a.patience is not None and p.stale >= a.patience:
                 print(f"early stop: no {a.monitor} improvement for {p.stale} epochs")
                 break
@@ -287,10 +372,28 @@ class Run:
         return metrics
 
 
+def arch_options(args, spec: PreprocessSpec) -> dict:
+    """Architecture-specific constructor arguments (defaults left out, so checkpoints of the
+    quick recipe keep their exact kwargs)."""
+    if args.arch == "small_cnn":
+        return {"width": args.width, **({"depth": args.depth} if args.depth != 1 else {}),
+                **({"flip_tta": True} if args.flip_tta else {})}
+    if args.arch in nets.TORCHVISION_HEADS:
+        return {"image_size": max(spec.height, spec.width)}
+    return {}
+
+
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     if args.image_folder or args.csv:
         args.dataset = None  # --dataset has a default; another source replaces it
+    if args.freeze_epochs and not 0 < args.freeze_epochs < args.epochs:
+        raise SystemExit(f"--freeze-epochs must be between 1 and --epochs - 1 ({args.epochs - 1})")
+    if args.pretrained and not args.resume:  # fail before the data is read, not after
+        try:
+            pretrained.check_available(args.arch, args.download)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"train: error: {e}") from None
     gen = seed_everything(args.seed)
     threads = set_threads(args.threads)
     device = pick_device(args.device)
@@ -303,9 +406,13 @@ def main(argv=None) -> dict:
     for name, ds in (("train", train), ("val", val), ("test", test)):
         tensors[f"x_{name}"], tensors[f"y_{name}"] = to_tensors(ds, spec, name)
 
-    arch_kwargs = {"num_classes": len(labels), "in_channels": spec.channels,
-                   **({"width": args.width} if args.arch == "small_cnn" else {})}
-    net = nets.build(args.arch, **arch_kwargs).to(device)
+    arch_kwargs = nets.arch_kwargs(args.arch, num_classes=len(labels), in_channels=spec.channels,
+                                   **arch_options(args, spec))
+    net = nets.build(args.arch, **arch_kwargs)
+    if args.pretrained and not args.resume:  # a resumed run gets its weights from last.pt
+        print(f"pretrained: {pretrained.load_pretrained(net, args.arch, arch_kwargs, args.download)} "
+              f"ImageNet tensors loaded into {args.arch}, new {len(labels)}-class head")
+    net = net.to(device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(net, args)

@@ -19,11 +19,76 @@ def test_unknown_architecture_is_a_clear_error():
 
 @pytest.mark.parametrize("name", sorted(nets.ARCHS))
 def test_network_files_are_self_contained_for_the_archive(name):
-    """The file ships alone inside the .mar: one class, and imports of torch only."""
+    """The file ships alone inside the .mar: one class, constructible from defaults (the archive's
+    kwargs only override them), importing torch only (torchvision too for its backbones: both
+    are in the serving environment)."""
     arch = nets.ARCHS[name]
     tree = ast.parse(arch.file.read_text())
     classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
     assert classes == [arch.cls]
     imported = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom)}
-    assert imported <= {"torch", "__future__"}
+    allowed = {"torch", "__future__"} | ({"torchvision"} if arch.file.stem == "torchvision_net" else set())
+    assert imported <= allowed
+    init = next(n for n in tree.body if isinstance(n, ast.ClassDef)).body
+    args = next(f.args for f in init if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+    assert len(args.defaults) == len(args.args) - 1  # every argument but self has a default
+
+
+def test_small_cnn_defaults_keep_the_quick_recipe_parameter_names():
+    """Checkpoints of the quick recipe (kwargs without depth/flip_tta) must keep loading."""
+    names = [k for k in nets.build("small_cnn").state_dict() if k.endswith("weight")]
+    assert names == ["features.0.0.weight", "features.0.1.weight", "features.2.0.weight", "features.2.1.weight",
+                     "features.4.0.weight", "features.4.1.weight", "head.2.weight"]
+
+
+def test_small_cnn_depth_and_flip_tta():
+    torch.manual_seed(0)
+    net = nets.build("small_cnn", width=8, depth=2, flip_tta=True)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 6
+    x = torch.randn(3, 1, 28, 28)
+    net.eval()
+    with torch.no_grad():
+        plain = net.head(net.features(x))
+        mirrored = net.head(net.features(x.flip(-1)))
+        assert torch.allclose(net(x), (plain + mirrored) / 2, atol=1e-6)  # eval: both views
+        assert torch.allclose(net(x.flip(-1)), net(x), atol=1e-6)  # so mirror-invariant
+    net.train()
+    assert net(x).shape == (3, 10)  # training sees one view (augmentation flips)
+
+
+TORCHVISION = sorted(nets.TORCHVISION_HEADS)
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_backbones_classify_fashion_mnist_shaped_input(name):
+    """Gray 28×28 in, logits for our classes out; the head is the last Linear, sized for them."""
+    kwargs = nets.arch_kwargs(name, num_classes=10, in_channels=1, image_size=28)
+    net = nets.build(name, **kwargs).eval()
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    head = {k: v.shape for k, v in net.state_dict().items() if nets.is_head(name, k)}
+    assert sorted(head) == [f"{nets.ARCHS[name].head}.bias", f"{nets.ARCHS[name].head}.weight"]
+    assert head[f"{nets.ARCHS[name].head}.bias"] == (10,)
+
+
+def test_gray_input_is_the_gray_image_on_all_three_channels():
+    torch.manual_seed(0)
+    gray = nets.build("resnet18", num_classes=4, in_channels=1, image_size=32).eval()
+    rgb = nets.build("resnet18", num_classes=4, in_channels=3, image_size=32).eval()
+    rgb.load_state_dict(gray.state_dict())  # same parameters: torchvision's own layout
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(gray(x), rgb(x.repeat(1, 3, 1, 1)), atol=1e-5)
+
+
+def test_backbones_with_fixed_input_sizes_resize_inside_the_model():
+    vit = nets.build("vit_b_16", num_classes=3, in_channels=3, image_size=28)
+    assert vit.size == 32 and vit.net.image_size == 32  # 16-pixel patches: the next multiple
+    assert nets.build("vgg16", image_size=28).size == 32  # five 2×2 pools need 32 px
+    assert nets.build("resnet18", image_size=28).size is None  # any size
+
+
+def test_arch_kwargs_name_the_torchvision_backbone():
+    assert nets.arch_kwargs("mobilenet_v3_small", num_classes=5) == {"name": "mobilenet_v3_small", "num_classes": 5}
+    assert nets.arch_kwargs("small_cnn", width=8) == {"width": 8}

@@ -110,3 +110,79 @@ def test_report_has_baseline_latency_and_plots(trained):
     assert report["latency_ms"][0]["device"] == "cpu" and report["latency_ms"][0]["p50"] > 0
     assert report["curves"] and (trained.parent / "training_curves.png").stat().st_size > 1000
     assert "| accuracy |" in (trained.parent / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def lite_batch(test_split):
+    """32 real images at 32×32 RGB, as uint8, with their labels and spec."""
+    from handlers.preprocess import PreprocessSpec
+    from model import data, presets
+
+    spec = PreprocessSpec(height=32, width=32, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
+    ds = data.DatasetView(test_split, range(32), test_split.classes)
+    return presets.images_to_uint8(data.pil_images(ds), spec), data.labels_tensor(ds), spec
+
+
+def test_two_stage_fine_tuning_trains_the_head_then_the_backbone_at_a_lower_lr(lite_batch):
+    """EfficientNet-Lite0 from its ImageNet weights: stage 1 changes the head only (backbone
+    parameters and batch-norm statistics untouched), stage 2 moves the backbone at lr × 0.1."""
+    from model import nets, pretrained, train
+
+    x, y, spec = lite_batch
+    args = train.get_args_parser().parse_args(
+        ["--arch", "efficientnet_lite", "--pretrained", "--epochs", "2", "--freeze-epochs", "1",
+         "--batch-size", "32", "--lr", "1e-3", "--sched", "cosine", "--weight-decay", "0"])
+    kwargs = nets.arch_kwargs("efficientnet_lite", num_classes=10, in_channels=3)
+    net = nets.build("efficientnet_lite", **kwargs)
+    pretrained.load_pretrained(net, "efficientnet_lite", kwargs)
+    optimizer = train.make_optimizer(net, args)
+    scheduler = train.make_scheduler(optimizer, args, steps_per_epoch=1)
+    gen = torch.Generator().manual_seed(0)
+
+    def snapshot():
+        return {k: v.clone() for k, v in net.state_dict().items()}
+
+    def changed(before, after, head: bool):
+        return {k for k in before if nets.is_head("efficientnet_lite", k) == head and not torch.equal(before[k], after[k])}
+
+    start = snapshot()
+    train.train_one_epoch(net, optimizer, scheduler, x, y, spec, args, "cpu", gen, epoch=1)  # one step
+    stage1 = snapshot()
+    assert changed(start, stage1, head=False) == set()  # frozen: weights and running stats
+    assert changed(start, stage1, head=True) == {"_fc.weight", "_fc.bias"}
+    head_lr, backbone_lr = (g["lr"] for g in optimizer.param_groups)
+    assert backbone_lr == pytest.approx(0.1 * head_lr)
+
+    train.train_one_epoch(net, optimizer, scheduler, x, y, spec, args, "cpu", gen, epoch=2)  # one step
+    stage2 = snapshot()
+    moved = changed(stage1, stage2, head=False)
+    assert "_conv_stem.weight" in moved and "_bn0.running_mean" in moved
+    # Adam's first step moves each weight by at most its lr (no weight decay here): the backbone's
+    # largest move is its own lr, ten times smaller than the head's.
+    step = max((stage2[k] - stage1[k]).abs().max().item() for k in moved if k.endswith("weight"))
+    assert step == pytest.approx(backbone_lr, rel=0.05)
+
+
+def test_resume_across_the_fine_tuning_stages_gives_the_same_model(data_dir, tmp_path):
+    from model import train
+
+    run = ["--epochs", "2", "--freeze-epochs", "1", "--train-limit", "500", "--no-report", "--no-mlflow"]
+    train.main(small_run(data_dir, tmp_path / "full", *run))
+    train.main(small_run(data_dir, tmp_path / "part", *run, "--stop-after-epoch", "1"))
+    last = checkpoint.load(tmp_path / "part" / "last.pt")["train_state"]
+    assert last["stage"] == {"stage": 1, "freeze_epochs": 1, "backbone_lr_scale": 0.1}
+    with pytest.raises(SystemExit, match="backbone_lr_scale': 0.1"):  # another schedule cannot resume it
+        train.main(small_run(data_dir, tmp_path / "bad", *run, "--backbone-lr-scale", "0.5",
+                             "--resume", str(tmp_path / "part" / "last.pt")))
+    train.main(small_run(data_dir, tmp_path / "resumed", *run, "--resume", str(tmp_path / "part" / "last.pt")))
+    full = checkpoint.load(tmp_path / "full" / "model.pt")["state_dict"]
+    resumed = checkpoint.load(tmp_path / "resumed" / "model.pt")["state_dict"]
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+def test_train_per_class_takes_a_balanced_subset(data_dir, tmp_path):
+    from model import train
+
+    args = train.get_args_parser().parse_args(["--data-dir", str(data_dir), "--train-per-class", "7"])
+    trainset, _, _ = train.load_splits(args)
+    assert torch.bincount(torch.as_tensor(trainset.targets)).tolist() == [7] * 10
