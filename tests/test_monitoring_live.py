@@ -87,6 +87,17 @@ def monitored(torchserve, kserve_runtime, samples, tmp_path_factory):
         for job in JOBS.values():
             assert prom.wait_for(f'up{{job="{job}"}} == 1', timeout=20), job
         images = [(out_dir / s["file"]).read_bytes() for s in listed]
+        # One good and one bad request first, and wait until Prometheus has scraped the series they
+        # create: rate() counts only what a series gains after its first scrape, and a fast runtime
+        # can finish the whole load before that.
+        urls = {TORCHSERVE: f"{settings.inference_url}/predictions/{MODEL_NAME}",
+                KSERVE_NATIVE: kserve_runtime.url + load.KSERVE_V1_PATH.format(model=MODEL_NAME)}
+        for url in urls.values():
+            for body in (images[0], b"junk"):
+                requests.post(url, data=body, headers={"Content-Type": "image/png"}, timeout=30)
+        for job in JOBS.values():
+            for series in (f'{names.REJECTED}{{job="{job}"}}', f'{names.STAGE_SECONDS}_count{{job="{job}"}}'):
+                assert prom.wait_for(series, timeout=20), series
         # the session's TorchServe has served other tests' bad requests: count from here on
         rejected_before = {rt: metric_value(requests.get(url, timeout=10).text, names.REJECTED, **{names.MODEL: MODEL_NAME})
                            for rt, url in metrics_urls.items()}
