@@ -2,6 +2,7 @@
 KServe-native server, in-process benchmarks) wraps this class; it never sees HTTP."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ class ImageClassifier:
         environment, "auto" = the GPU path when a GPU is present); `device`, when given, wins."""
         options = options or InferenceOptions.from_env()
         if device is not None:
-            options = InferenceOptions(**{**options.__dict__, "device": str(device)})
+            options = dataclasses.replace(options, device=str(device))
         self.options: ResolvedOptions = options.resolve()
         self.spec = spec
         self.device = self.options.device

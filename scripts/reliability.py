@@ -47,6 +47,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from scripts import archive
+from scripts.machine import cpu_model, memory_kib
 from scripts.settings import FrontendSettings, ModelServingSettings, loopback_settings
 from scripts.torchserve import TorchServe
 
@@ -725,12 +726,9 @@ class SuiteResult:
 
 
 def machine_info() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    mem = next((int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal")), 0) if Path("/proc/meminfo").exists() else 0
     from importlib.metadata import version
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "memory_mib": mem,
+    return {"host": platform.node(), "cpu": cpu_model(), "cores": os.cpu_count(),
+            "memory_mib": memory_kib() // 1024,
             "os": platform.platform(), "python": platform.python_version(), "torch": version("torch"),
             "torchserve": version("torchserve"), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 

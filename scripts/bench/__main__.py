@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from model import data
 from scripts import archive
+from scripts.machine import cpu_model, memory_kib
 from scripts.bench import report, targets
 from scripts.bench.load import run_point
 from scripts.settings import ModelServingSettings
@@ -33,17 +34,13 @@ ALL_TARGETS = ("in-process", "fastapi-baseline", "fastapi-1-thread", "kserve-res
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    mem = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal")), 0) if Path("/proc/meminfo").exists() else 0
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=targets.REPO).stdout.strip() or "unknown"
     except OSError:
         commit = "unknown"
-    return {"cpu": cpu, "cores": os.cpu_count(),
-            "memory_gib": round(mem / 2**20, 1), "platform": platform.platform(), "python": platform.python_version(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(),
+            "memory_gib": round(memory_kib() / 2**20, 1), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "commit": commit}
 
