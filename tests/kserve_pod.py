@@ -5,7 +5,7 @@ env and probes, on free loopback ports. Everything taken from the manifest is us
 only rewrites are the ones a laptop needs instead of a pod (see `Translation`).
 
 The cluster boundary is the only thing emulated: KServe's controller (merge, storage initializer,
-routing to the first/h2c port). The servers, probes and clients are the real ones.
+routing to the first/h2c port, Knative's one-port rules). The servers, probes and clients are the real ones.
 """
 from __future__ import annotations
 
@@ -192,10 +192,48 @@ def bind_addresses(container: dict) -> dict[int, str]:
     return out
 
 
-def serving_port(container: dict, protocol: str) -> int:
-    """The container port KServe routes the protocol to: gRPC to the port named h2c, REST to the
-    one named http1, else to the first port."""
+# Knative Serving's admission rules for the user container (pkg/apis/serving/k8s_validation.go):
+# at most one port, named h2c, http1 or nothing, never one of queue-proxy's ports; a probe port
+# given by name must be that port's name (numbers may point anywhere: queue-proxy probes them).
+KNATIVE_PORT_NAMES = {"", "h2c", "http1"}
+KNATIVE_RESERVED_PORTS = {8012, 8013, 8022, 8112, 9090, 9091}
+KNATIVE_DEFAULT_PORT = 8080
+
+
+def knative_container_errors(container: dict) -> list[str]:
+    """Why Knative's webhook would refuse this merged predictor container (empty when it would not)."""
     ports = container.get("ports", [])
+    errors = []
+    if len(ports) > 1:
+        errors.append(f"more than one container port: {[p['containerPort'] for p in ports]}")
+    for p in ports:
+        if p.get("name", "") not in KNATIVE_PORT_NAMES:
+            errors.append(f"port name {p['name']!r} is not one of h2c, http1")
+        if p["containerPort"] in KNATIVE_RESERVED_PORTS:
+            errors.append(f"port {p['containerPort']} is reserved for queue-proxy")
+        if p.get("protocol", "TCP") != "TCP":
+            errors.append(f"port {p['containerPort']} protocol {p['protocol']}")
+    names = {p.get("name", "") for p in ports[:1]}
+    for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+        action = (container.get(kind) or {}).get("httpGet") or (container.get(kind) or {}).get("tcpSocket") or {}
+        if isinstance(action.get("port"), str) and action["port"] not in names:
+            errors.append(f"{kind} port {action['port']!r} does not match the container port's name")
+    return errors
+
+
+def serving_port(container: dict, protocol: str, knative: bool = False) -> int:
+    """The container port KServe routes the protocol to: gRPC to the port named h2c, REST to the
+    one named http1, else to the first port. Knative routes to the single declared port (8080 when
+    none is), as HTTP/2 when it is named h2c."""
+    ports = container.get("ports", [])
+    if knative:
+        if errors := knative_container_errors(container):
+            raise PodCheckError(f"Knative refuses the container: {'; '.join(errors)}")
+        port = ports[0] if ports else {"containerPort": KNATIVE_DEFAULT_PORT}
+        if (port.get("name") == "h2c") != (protocol == "grpc-v2"):
+            raise PodCheckError(f"Knative routes {protocol} to port {port['containerPort']} named "
+                                f"{port.get('name', '')!r}")
+        return port["containerPort"]
     want = "h2c" if protocol == "grpc-v2" else "http1"
     named = [p["containerPort"] for p in ports if p.get("name") == want]
     if named:

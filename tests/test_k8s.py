@@ -124,7 +124,11 @@ def test_notes_tell_how_to_call_the_models():
     assert 'curl -H "Host: fashion-mnist.image-classifier.example.com"' in notes
     assert "/v1/models/fashion-mnist:predict" in notes and "/v2/models/fashion-mnist/infer" in notes
     assert "--protocol oip --grpc-target" in notes and "imagenet-grpc.image-classifier.example.com" in notes
-    assert "kubectl cp build/k8s/fashion-mnist" in notes
+    # each layout is archived under the model's name and copied to its storageUri's path
+    assert "--model-name fashion-mnist --out build/k8s/fashion-mnist-v2" in notes
+    assert "kubectl cp build/k8s/fashion-mnist-v2 image-classifier/image-classifier-model-upload:" \
+           "/models/fashion-mnist-v2" in notes
+    assert "--model-name imagenet-grpc --out build/k8s/imagenet-grpc" in notes
     assert "management API is never exposed" in notes
 
 
@@ -318,10 +322,13 @@ def test_knative_canary_values():
     p = fm["spec"]["predictor"]
     assert (p["canaryTrafficPercent"], p["minReplicas"], p["maxReplicas"]) == (10, 0, 5)
     assert "canaryTrafficPercent" not in isvc(objs, "imagenet-grpc")["spec"]["predictor"]
-    # Knative: one port per container (http1); the gRPC model swaps it for h2c
+    # Knative routes one port per container: TorchServe's runtime declares http1 only; the
+    # KServe-native runtime declares none and each of its models names its own (h2c for gRPC)
     assert ports_of(runtime_container(objs, "torchserve")) == {"http1": 8080}
+    assert "ports" not in runtime_container(objs, "kserve-native")
     assert isvc(objs, "imagenet-grpc")["spec"]["predictor"]["model"]["ports"] == \
         [{"name": "h2c", "containerPort": 8081, "protocol": "TCP"}]
+    assert "ports" not in fm["spec"]["predictor"]["model"]
 
 
 def test_monitoring_on_by_default():

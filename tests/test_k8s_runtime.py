@@ -18,14 +18,15 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 from PIL import Image
 from skimage import data as skdata
 
 from model import checkpoint
 from scripts import archive, clients, k8s_render
 from tests.conftest import IMAGENET_NAME, MODEL_NAME, png_bytes
-from tests.kserve_pod import (LocalPod, PodCheckError, Translation, bind_addresses, merged_container, one,
-                              runtime_of, serving_port, storage_initializer)
+from tests.kserve_pod import (LocalPod, PodCheckError, Translation, bind_addresses, knative_container_errors,
+                              merged_container, one, runtime_of, serving_port, storage_initializer)
 from scripts.settings import KSERVE_MODEL_MOUNT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ READY_TIMEOUT = 120
 # One case per (runtime, protocol) the chart offers: TorchServe v1 and v2 REST, the KServe-native
 # runtime's v2 REST and standard OIP gRPC.
 CASES = [(None, "fashion-mnist"), ("v2-values.yaml", "fashion-mnist"), ("v2-values.yaml", "imagenet"),
-         ("grpc-v2-values.yaml", "fashion-mnist")]
+         ("grpc-v2-values.yaml", "fashion-mnist"), ("knative-canary-values.yaml", "imagenet-grpc")]
 
 
 def render(values: str | None) -> list[dict]:
@@ -107,8 +108,9 @@ def run_predictor(objs, name: str, claim_root: Path, run_dir: Path, image: bytes
         ok, why = pod.probe("livenessProbe")
         if not ok:
             raise PodCheckError(f"liveness probe fails on a ready container: {why}")
-        answer = call(model["protocolVersion"], t.port(serving_port(container, model["protocolVersion"])),
-                      name, image)
+        knative = isvc["metadata"]["annotations"].get("serving.kserve.io/deploymentMode") == "Knative"
+        answer = call(model["protocolVersion"],
+                      t.port(serving_port(container, model["protocolVersion"], knative)), name, image)
         for port in sorted(metrics_ports(objs, isvc)):
             url = f"http://127.0.0.1:{t.port(port)}/metrics"
             try:
@@ -124,20 +126,34 @@ def run_predictor(objs, name: str, claim_root: Path, run_dir: Path, image: bytes
 
 # --- fixtures -----------------------------------------------------------------------------------------
 
+def family(name: str) -> str:
+    """Which trained model an InferenceService of the values files serves (imagenet-grpc is the
+    ImageNet classifier on the gRPC protocol)."""
+    return IMAGENET_NAME if name.startswith(IMAGENET_NAME) else MODEL_NAME
+
+
 @pytest.fixture(scope="module")
 def claim_root(trained, imagenet_checkpoint, tmp_path_factory) -> Path:
-    """The model claim after the upload step NOTES.txt describes: one storage layout per model,
-    `python -m scripts.archive --model-name <model> --out build/k8s/<model>` then
-    `kubectl cp build/k8s/<model> <pod>:/models/<model>`; the real archiver builds them."""
+    """The model claim after the upload step NOTES.txt describes: for every InferenceService of
+    the values files, `python -m scripts.archive --model-name <name> --out build/k8s/<path>` then
+    `kubectl cp build/k8s/<path> <pod>:/models/<path>`, <path> being its storageUri's path; the
+    real archiver builds them."""
     root = tmp_path_factory.mktemp("claim")
-    archive.archive(trained, root / MODEL_NAME, MODEL_NAME)
-    archive.archive(imagenet_checkpoint, root / IMAGENET_NAME, IMAGENET_NAME)
+    checkpoints = {MODEL_NAME: trained, IMAGENET_NAME: imagenet_checkpoint}
+    layouts = {}
+    for values in VALUES_FILES:
+        for isvc in of_kind(render(values), "InferenceService"):
+            uri = isvc["spec"]["predictor"]["model"]["storageUri"]
+            if uri.startswith("pvc://"):
+                layouts[uri.split("/", 3)[3]] = isvc["metadata"]["name"]
+    for path, name in sorted(layouts.items()):
+        archive.archive(checkpoints[family(name)], root / path, name)
     return root
 
 
 @pytest.fixture(scope="module")
 def inputs(samples, trained, imagenet_checkpoint) -> dict[str, tuple[bytes, set[str], str | None]]:
-    """Model → (image, the model's labels, the image's true label if known)."""
+    """Model family → (image, the model's labels, the image's true label if known)."""
     out_dir, listed = samples
     trouser = next(s for s in listed if s["label"] == "Trouser")
     return {
@@ -154,6 +170,53 @@ def test_routed_ports_bind_every_interface(values):
     objs = render(values)
     for isvc in of_kind(objs, "InferenceService"):
         check_routed_ports_bind_every_interface(objs, isvc)
+
+
+def knative_objs(tmp_path: Path) -> list[dict]:
+    """Knative mode with every (runtime, protocol) pair the chart allows."""
+    values = tmp_path / "knative-all.yaml"
+    models = [{"name": f"m-{rt}-{proto}", "runtime": rt, "protocol": proto,
+               "storageUri": f"pvc://image-classifier-models/m-{rt}-{proto}"}
+              for rt, proto in [("torchserve", "v1"), ("torchserve", "v2"), ("kserve-native", "v1"),
+                                ("kserve-native", "v2"), ("kserve-native", "grpc-v2")]]
+    values.write_text(yaml.safe_dump({"deploymentMode": "Knative", "models": models,
+                                      "autoscaling": {"metric": "concurrency", "target": 4}}))
+    return render(str(values))
+
+
+def test_knative_accepts_every_predictor_container(tmp_path):
+    """Knative's webhook refuses a container with two ports; KServe merges the InferenceService's
+    ports into the runtime's, so the one port Knative routes must match each model's protocol."""
+    checked = 0
+    for objs in (knative_objs(tmp_path), render("knative-canary-values.yaml")):
+        for isvc in of_kind(objs, "InferenceService"):
+            container = merged_container(runtime_of(objs, isvc), isvc)
+            assert knative_container_errors(container) == [], isvc["metadata"]["name"]
+            protocol = isvc["spec"]["predictor"]["model"]["protocolVersion"]
+            expected = {"grpc-v2": 8081}.get(protocol, 8080)
+            assert serving_port(container, protocol, knative=True) == expected, isvc["metadata"]["name"]
+            checked += 1
+    assert checked == 7
+
+
+def test_knative_rules_refuse_what_the_webhook_refuses(tmp_path):
+    objs = copy.deepcopy(knative_objs(tmp_path))
+    grpc = one(objs, "InferenceService", "m-kserve-native-grpc-v2")
+    runtime = runtime_of(objs, grpc)
+    # the defect this chart once had: the runtime's http1 port merged with the model's h2c port
+    runtime["spec"]["containers"][0]["ports"] = [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
+    container = merged_container(runtime, grpc)
+    assert knative_container_errors(container) == ["more than one container port: [8080, 8081]"]
+    with pytest.raises(PodCheckError, match="Knative refuses the container"):
+        serving_port(container, "grpc-v2", knative=True)
+    container = {"ports": [{"name": "metrics", "containerPort": 9090}],
+                 "readinessProbe": {"httpGet": {"port": "http1", "path": "/"}}}
+    assert knative_container_errors(container) == [
+        "port name 'metrics' is not one of h2c, http1", "port 9090 is reserved for queue-proxy",
+        "readinessProbe port 'http1' does not match the container port's name"]
+    # a REST model whose one port is h2c would get HTTP/2 it does not speak
+    with pytest.raises(PodCheckError, match="Knative routes v1 to port 8081 named 'h2c'"):
+        serving_port({"ports": [{"name": "h2c", "containerPort": 8081}]}, "v1", knative=True)
 
 
 def test_a_loopback_listener_on_a_routed_port_is_refused():
@@ -196,7 +259,7 @@ def test_translation_rewrites_only_paths_ports_and_the_bind_address(tmp_path):
 @pytest.mark.parametrize("values, name", CASES, ids=[f"{v or 'default'}-{n}" for v, n in CASES])
 def test_rendered_runtime_serves_the_model(values, name, claim_root, inputs, tmp_path):
     objs = render(values)
-    image, labels, truth = inputs[name]
+    image, labels, truth = inputs[family(name)]
     answer = run_predictor(objs, name, claim_root, tmp_path, image)
     assert len(answer) == 5 and set(answer) <= labels, answer
     probabilities = list(answer.values())
