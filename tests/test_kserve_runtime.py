@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -558,6 +559,29 @@ def test_imagenet_matches_torchserve_on_chelsea(runtime, torchserve, chelsea):
 
 
 @pytest.mark.integration
+def test_the_event_loop_is_uvloop_unless_asked_otherwise():
+    import uvloop
+
+    assert kserve_runtime.loop_factory("auto") is uvloop.new_event_loop
+    assert kserve_runtime.loop_factory("uvloop") is uvloop.new_event_loop
+    assert kserve_runtime.loop_factory("asyncio") is asyncio.new_event_loop
+
+
+def test_each_request_logs_one_access_line_and_no_timing_lines(runtime, images):
+    """kserve's TimingMiddleware (two kserve.trace lines per request) is left out: /metrics has
+    the timings. The access log stays."""
+    marker = f"probe={time.time_ns()}"
+    r = requests.post(f"{runtime.url}/v1/models/{MODEL_NAME}:predict?{marker}", data=images[0],
+                      headers={"Content-Type": "image/png"}, timeout=30)
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 5
+    while marker not in runtime.log_file.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = runtime.log_file.read_text().splitlines()
+    assert sum(marker in line for line in log) == 1, runtime.log_tail()
+    assert not [line for line in log if "kserve.trace" in line]
+
+
 def test_the_runtime_stops_on_sigterm_and_removes_its_unpacked_archives(store, tmp_path):
     rt = Runtime(store / "model-store", tmp_path).start()
     try:
