@@ -17,15 +17,15 @@ from model.utils import pick_device, set_threads
 
 
 @torch.inference_mode()
-def predict(net: torch.nn.Module, x_uint8: torch.Tensor, spec: PreprocessSpec,
-            batch_size: int = 512, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 [N, C, H, W] → predicted class indices [N]."""
+def logits(net: torch.nn.Module, x_uint8: torch.Tensor, spec: PreprocessSpec,
+           batch_size: int = 512, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 [N, C, H, W] → float32 logits [N, classes] on the CPU."""
     net = net.to(device).eval()
-    preds = []
+    out = []
     for start in tqdm(range(0, len(x_uint8), batch_size), desc="evaluate", unit="batch", leave=False):
         batch = normalize(x_uint8[start:start + batch_size], spec).to(device)
-        preds.append(net(batch).argmax(1).cpu())
-    return torch.cat(preds)
+        out.append(net(batch).float().cpu())
+    return torch.cat(out)
 
 
 def classification_metrics(y_true: torch.Tensor, y_pred: torch.Tensor, labels: list[str]) -> dict:
@@ -47,7 +47,7 @@ def classification_metrics(y_true: torch.Tensor, y_pred: torch.Tensor, labels: l
 
 
 def evaluate(net, x_uint8, y, spec, labels, batch_size=512, device="cpu") -> dict:
-    return classification_metrics(y, predict(net, x_uint8, spec, batch_size, device), labels)
+    return classification_metrics(y, logits(net, x_uint8, spec, batch_size, device).argmax(1), labels)
 
 
 def write_report(metrics: dict, path: Path, **extra) -> Path:

@@ -12,6 +12,7 @@ import io
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -22,17 +23,9 @@ matplotlib.use("Agg")  # files only: no display here or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from handlers.classifier import ImageClassifier  # noqa: E402
-from handlers.preprocess import normalize  # noqa: E402
 from handlers.spec import ArchSpec, ModelSpec  # noqa: E402
 from model import checkpoint, data, evaluate, presets, train  # noqa: E402
 from model.utils import pick_device, set_threads  # noqa: E402
-
-
-@torch.inference_mode()
-def logits_of(net, x_uint8, spec, device, batch_size: int = 512) -> torch.Tensor:
-    net = net.to(device).eval()
-    return torch.cat([net(normalize(x_uint8[i:i + batch_size], spec).to(device)).float().cpu()
-                      for i in range(0, len(x_uint8), batch_size)])
 
 
 def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
@@ -127,26 +120,54 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_report(ckpt_path: Path, out_dir: Path | None = None, device: str = "auto",
-                 latency_images: int = 50) -> dict:
-    ckpt_path = Path(ckpt_path)
-    out_dir = Path(out_dir or ckpt_path.parent)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = checkpoint.load(ckpt_path)
+LATENCY_IMAGES = 50  # test images timed one at a time through the serving path
+
+
+@dataclass
+class TestSet:
+    """What a report evaluates: the test split as uint8 tensors, raw test images for the latency
+    sample, and the training labels for the majority-class baseline."""
+    x: torch.Tensor
+    y: torch.Tensor
+    y_train: torch.Tensor
+    samples: list  # PIL images
+
+
+def sample_images(ds, n: int = LATENCY_IMAGES) -> list:
+    return [ds[i][0] for i in range(min(n, len(ds)))]
+
+
+def load_test_set(ckpt: dict, spec, latency_images: int = LATENCY_IMAGES) -> TestSet:
+    """The checkpoint's run's splits again, from the arguments it recorded."""
     run_args = train.get_args_parser().parse_args([])  # defaults, then what the run recorded
     for k, v in ckpt["args"].items():
         setattr(run_args, k, Path(v) if k in ("data_dir", "image_folder", "csv", "csv_root", "manifest",
                                               "clean_report") and v else v)
     run_args.test_limit = ckpt["args"].get("test_limit")
     train_ds, _, test_ds = train.load_splits(run_args)
+    x = presets.images_to_uint8(data.pil_images(test_ds), spec, desc="preprocess test")
+    return TestSet(x, data.labels_tensor(test_ds), data.labels_tensor(train_ds),
+                   sample_images(test_ds, latency_images))
+
+
+def build_report(ckpt_path: Path, out_dir: Path | None = None, device: str = "auto",
+                 latency_images: int = LATENCY_IMAGES, test: TestSet | None = None,
+                 logits: torch.Tensor | None = None) -> dict:
+    """The report of a checkpoint. Training passes the test set it already holds and the logits
+    it already computed (one evaluation, not two); alone, the splits are loaded again."""
+    ckpt_path = Path(ckpt_path)
+    out_dir = Path(out_dir or ckpt_path.parent)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = checkpoint.load(ckpt_path)
     spec, labels, net = checkpoint.preprocess_spec(ckpt), ckpt["labels"], checkpoint.build_net(ckpt)
     dev = pick_device(device)
-    x = presets.images_to_uint8(data.pil_images(test_ds), spec, desc="preprocess test")
-    y = data.labels_tensor(test_ds)
-    logits = logits_of(net, x, spec, dev)
+    test = test or load_test_set(ckpt, spec, latency_images)
+    x, y = test.x, test.y
+    if logits is None:
+        logits = evaluate.logits(net, x, spec, device=dev)
     m = evaluate.classification_metrics(y, logits.argmax(1), labels)
     per = m["per_class"].values()
-    majority = int(torch.bincount(data.labels_tensor(train_ds), minlength=len(labels)).argmax())
+    majority = int(torch.bincount(test.y_train, minlength=len(labels)).argmax())
     r = {"checkpoint": str(ckpt_path), **{k: m[k] for k in ("n", "accuracy", "macro_f1")},
          "macro_precision": statistics.mean(v["precision"] for v in per),
          "macro_recall": statistics.mean(v["recall"] for v in per),
@@ -156,9 +177,8 @@ def build_report(ckpt_path: Path, out_dir: Path | None = None, device: str = "au
          "history": ckpt["metrics"].get("history", [])}
     if len(labels) > 5:
         r["top5_accuracy"] = topk_accuracy(logits, y, 5)
-    sample = [test_ds[i][0] for i in range(min(latency_images, len(test_ds)))]
     devices = ["cpu"] + ([str(dev)] if dev.type == "cuda" else [])
-    r["latency_ms"] = [latency_ms(net, spec, labels, sample, d) for d in devices]
+    r["latency_ms"] = [latency_ms(net, spec, labels, test.samples, d) for d in devices]
     plot_confusion(m["confusion_matrix"], labels, out_dir / "confusion_matrix.png")
     r["curves"] = bool(plot_curves(r["history"], out_dir / "training_curves.png"))
     (out_dir / "report.json").write_text(json.dumps(r, indent=2) + "\n")
@@ -172,7 +192,7 @@ def main(argv=None) -> dict:
     p.add_argument("--output-dir", type=Path, default=None, help="default: beside the checkpoint")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--latency-images", type=int, default=50)
+    p.add_argument("--latency-images", type=int, default=LATENCY_IMAGES)
     args = p.parse_args(argv)
     set_threads(args.threads)
     r = build_report(args.checkpoint, args.output_dir, args.device, args.latency_images)

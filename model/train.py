@@ -274,6 +274,7 @@ class Run:
     source: dict
     progress: Progress = field(default_factory=Progress)
     next_epoch: int = 1
+    test_ds: object = None  # the test split's raw images, for the report's latency sample
 
     def save(self, name: str, epoch: int, metrics: dict, **extra) -> Path:
         a = self.args
@@ -344,7 +345,8 @@ class Run:
         a, p, t = self.args, self.progress, self.tensors
         if p.best is not None:  # the selected model is the best validation epoch
             self.net.load_state_dict(checkpoint.load(a.output_dir / "best.pt")["state_dict"])
-        metrics = evaluate.evaluate(self.net, t["x_test"], t["y_test"], self.spec, self.labels, device=self.device)
+        logits = evaluate.logits(self.net, t["x_test"], self.spec, device=self.device)
+        metrics = evaluate.classification_metrics(t["y_test"], logits.argmax(1), self.labels)
         path = self.save("model.pt", p.best["epoch"] if p.best else p.history[-1]["epoch"],
                          {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
                           "train_seconds": round(p.train_seconds, 1), "history": p.history})
@@ -357,7 +359,8 @@ class Run:
         artifacts = [a.output_dir / "eval.json", a.manifest, a.clean_report]
         if a.report:
             from model import report  # matplotlib: only when a report is wanted
-            r = report.build_report(path, a.output_dir)
+            test = report.TestSet(t["x_test"], t["y_test"], t["y_train"], report.sample_images(self.test_ds))
+            r = report.build_report(path, a.output_dir, str(self.device), test=test, logits=logits)
             if "top5_accuracy" in r:
                 tracker.metrics({"test_top5_accuracy": r["top5_accuracy"]})
             artifacts += [a.output_dir / f for f in ("report.json", "report.md", "confusion_matrix.png",
@@ -417,7 +420,8 @@ def main(argv=None) -> dict:
         net = net.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(net, args)
     scheduler = make_scheduler(optimizer, args, math.ceil(len(tensors["x_train"]) / args.batch_size))
-    run = Run(args, net, arch_kwargs, optimizer, scheduler, spec, labels, gen, device, tensors, data.describe_source(args))
+    run = Run(args, net, arch_kwargs, optimizer, scheduler, spec, labels, gen, device, tensors, data.describe_source(args),
+              test_ds=test)
     if args.resume:
         run.resume(args.resume)
     experiment = args.experiment or run.source.get("dataset") or Path(args.image_folder or args.csv).stem

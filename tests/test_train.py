@@ -112,6 +112,21 @@ def test_report_has_baseline_latency_and_plots(trained):
     assert "| accuracy |" in (trained.parent / "report.md").read_text()
 
 
+def test_the_report_written_by_training_equals_the_standalone_report(trained, tmp_path):
+    """Training hands the report its test tensors and logits (one evaluation); `model.report`
+    alone loads the run's splits again from the checkpoint's args: the numbers must agree."""
+    from model import report
+
+    during = json.loads((trained.parent / "report.json").read_text())
+    alone = report.build_report(trained, tmp_path)
+    for key in ("n", "confusion_matrix", "baseline_class", "parameters"):
+        assert alone[key] == during[key], key
+    for key in ("accuracy", "macro_f1", "top5_accuracy", "baseline_accuracy"):
+        assert alone[key] == pytest.approx(during[key]), key
+    assert json.loads(json.dumps(alone["per_class"])) == during["per_class"]
+    assert alone["latency_ms"][0]["images"] == during["latency_ms"][0]["images"]
+
+
 @pytest.fixture(scope="module")
 def lite_batch(test_split):
     """32 real images at 32×32 RGB, as uint8, with their labels and spec."""
