@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -11,14 +12,24 @@ from typing import Sequence
 import torch
 
 from handlers.accel import InferenceOptions, ResolvedOptions
-from handlers.errors import InputError
+from handlers.errors import InputError, InvalidImage
 from handlers.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from handlers.metrics import Observation, Stopwatch
 from handlers.preprocess import (decode_tensors, image_to_uint8, load_image, normalize, open_image,
                                  resize_tensor, tensor_decodable)
 from handlers.spec import WEIGHTS_FILE, ModelSpec
 
+log = logging.getLogger(__name__)
+
 Result = dict | InputError  # per request: {label: probability} (best first) or the error
+
+
+def undecodable(e: Exception) -> InvalidImage:
+    """A decoder raising outside its documented errors (Pillow's DDS reader raises
+    NotImplementedError for a corrupt header, for one): the bytes did it, so it is that image's
+    400, and the batch's other images still get their answers."""
+    log.warning("image decoder raised %s: %s", type(e).__name__, e)
+    return InvalidImage(f"image could not be decoded ({type(e).__name__}: {e})")
 
 
 def import_module_file(path: Path):
@@ -93,17 +104,21 @@ class ImageClassifier:
                     out[i] = image_to_uint8(load_image(img), spec)
             except InputError as e:
                 out[i] = e
+            except Exception as e:  # noqa: BLE001 - see undecodable()
+                out[i] = undecodable(e)
         if fast:
             try:
                 decoded = decode_tensors([(out[i], payloads[i]) for i in fast], spec, self.device)
                 for i, t in zip(fast, decoded):
                     out[i] = resize_tensor(t, spec)
-            except InputError:  # one corrupt image in the batch: decode them one by one
+            except Exception:  # noqa: BLE001 - one corrupt image in the batch: decode them one by one
                 for i in fast:
                     try:
                         out[i] = resize_tensor(decode_tensors([(out[i], payloads[i])], spec, self.device)[0], spec)
                     except InputError as e:
                         out[i] = e
+                    except Exception as e:  # noqa: BLE001
+                        out[i] = undecodable(e)
         good = [i for i, t in enumerate(out) if isinstance(t, torch.Tensor)]
         return out, good
 

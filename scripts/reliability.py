@@ -415,6 +415,14 @@ class Case:
     valid: bytes | None = None  # valid-but-odd image: expect 200 with the in-process answer
 
 
+def corrupt_dds() -> bytes:
+    """A DDS whose pixel-format flags (offset 80) are 0: Pillow's reader raises
+    NotImplementedError, outside the errors decoders document (found by fuzzing the decoders)."""
+    dds = bytearray(encode(Image.new("RGB", (8, 8), (200, 10, 10)), "DDS"))
+    dds[80:84] = bytes(4)
+    return bytes(dds)
+
+
 def bad_input_cases(good: bytes, photo_jpeg: bytes, max_image_bytes: int, max_request_bytes: int) -> list[Case]:
     """Bad requests (4xx expected) and valid-but-odd images (200 expected), from real images."""
     img = Image.open(io.BytesIO(good)).convert("L")
@@ -446,6 +454,8 @@ def bad_input_cases(good: bytes, photo_jpeg: bytes, max_image_bytes: int, max_re
         Case("truncated JPEG", raw, {"data": photo_jpeg[: len(photo_jpeg) // 2]}, 400, "invalid_image", "truncated"),
         Case("truncated PNG", raw, {"data": good[: len(good) // 2]}, 400, "invalid_image", "could not be decoded"),
         Case("PNG signature only", raw, {"data": good[:8]}, 400, "invalid_image", "image"),
+        Case("DDS with pixel-format flags 0 (Pillow raises NotImplementedError)", raw,
+             {"data": corrupt_dds()}, 400, "invalid_image", "NotImplementedError"),
         Case("0x0-pixel PNG (header says 0 wide)", raw, {"data": raw_png(0, 1)}, 400, "invalid_image", "not an image"),
         Case("0-byte multipart file", raw, {"files": {"data": ("x.png", b"", "image/png")}}, 400, "empty_input", "no body"),
         Case("multipart without a file", raw, {"files": {"topk": (None, "3")}}, 400, "empty_input", "no body"),

@@ -16,6 +16,7 @@ from skimage import data as skdata
 from handlers.accel import InferenceOptions
 from handlers.classifier import ImageClassifier
 from handlers.errors import InvalidImage
+from scripts import reliability
 from tests.conftest import IMAGENET_NAME, MODEL_NAME, png_bytes
 
 
@@ -85,6 +86,17 @@ def test_the_tensor_path_keeps_bad_and_odd_inputs_per_slot(model_dirs, photos):
     assert isinstance(got[1], InvalidImage) and "could not be decoded" in str(got[1])
     assert got[2:] == default.predict(odd)
     assert_close(got[:1], default.predict(photos[:1]), 0.02)
+
+
+@pytest.mark.parametrize("tensor_decode", [False, True])
+def test_a_decoder_raising_outside_its_errors_fails_only_its_own_slot(model_dirs, fmnist_images, tensor_decode):
+    """Pillow's DDS reader raises NotImplementedError for a header with pixel-format flags 0 (a
+    fuzzing find): that image is a 400 of its own, its batch neighbours are still answered."""
+    clf = ImageClassifier.load(model_dirs[MODEL_NAME],
+                               options=InferenceOptions(device="cpu", tensor_decode=tensor_decode))
+    got = clf.predict([fmnist_images[0], reliability.corrupt_dds(), fmnist_images[1]])
+    assert isinstance(got[1], InvalidImage) and "NotImplementedError" in str(got[1]), got[1]
+    assert got[0] == clf.predict(fmnist_images[:1])[0] and got[2] == clf.predict(fmnist_images[1:2])[0]
 
 
 def test_torch_compile_gives_the_same_answers(model_dirs, fmnist_images):
