@@ -51,8 +51,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--arch", default="small_cnn", choices=sorted(nets.ARCHS))
     m.add_argument("--width", type=int, default=16, help="base channel width of the small CNN")
     m.add_argument("--depth", type=int, default=1, help="small CNN: conv layers per stage")
+    m.add_argument("--wrn-depth", type=int, default=16, help="wide_resnet: total depth, 6n + 4 (WRN-d-k's d)")
+    m.add_argument("--widen", type=int, default=8, help="wide_resnet: widening factor (WRN-d-k's k)")
+    m.add_argument("--dropout", type=float, default=0.0, help="wide_resnet: dropout inside each block")
     m.add_argument("--flip-tta", action="store_true",
-                   help="small CNN: evaluate (and serve) on the mean logits of the image and its mirror")
+                   help="small CNN, wide_resnet: evaluate (and serve) on the mean logits of the image and its mirror")
     m.add_argument("--pretrained", action="store_true",
                    help="start from ImageNet weights (efficientnet_lite and the torchvision backbones; "
                         "local files, see model/pretrained.py, or --download); the head is new")
@@ -74,8 +77,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     m.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up before cosine decay")
     m.add_argument("--label-smoothing", type=float, default=0.0)
     m.add_argument("--clip-grad-norm", type=float, default=None)
-    m.add_argument("--augment", action="store_true",
-                   help="random shift + flip (helps long runs; slows the 3-epoch quick recipe's convergence)")
+    m.add_argument("--augment", nargs="?", const="auto", default=None, choices=("auto", *presets.TRAIN_PRESETS),
+                   help="training augmentation preset (model/presets.py TRAIN_PRESETS); alone: the data's "
+                        "own (fashion-mnist: shift + flip; mnist: shift + rotation; cifar-10: shift, flip, "
+                        "jitter; folder/CSV photos: random resized crop, flip, jitter). Helps long runs; "
+                        "slows the 3-epoch quick recipe's convergence")
+    m.add_argument("--random-erasing", type=float, default=None, metavar="P",
+                   help="erase one random rectangle per image with probability P (adds to --augment)")
+    m.add_argument("--rotation", type=float, default=None, metavar="DEG", help="random rotation within ±DEG")
+    m.add_argument("--crop-scale", type=float, default=None, metavar="MIN",
+                   help="random resized crop keeping MIN..1 of the area (0 < MIN ≤ 1)")
+    m.add_argument("--color-jitter", type=float, default=None, metavar="S",
+                   help="brightness, contrast and saturation each scaled within 1 ± S")
     m.add_argument("--amp", action="store_true", help="bfloat16 autocast (CUDA only)")
     m.add_argument("--channels-last", action="store_true", help="channels_last memory format (CUDA)")
     m.add_argument("--monitor", choices=("accuracy", "macro_f1"), default="accuracy",
@@ -219,7 +232,29 @@ def set_stage(net, arch: str, frozen: bool, bn_momentum: float | None = None) ->
                 module.eval()
 
 
-def train_one_epoch(net, optimizer, scheduler, x, y, spec, args, device, gen, epoch) -> float:
+def train_preset(args) -> presets.TrainPreset | None:
+    """--augment's preset (the data's own for `auto`) with the single-transform flags over it."""
+    overrides = {field: value for field, value in (("erasing", args.random_erasing), ("rotation", args.rotation),
+                                                   ("crop_scale", args.crop_scale), ("jitter", args.color_jitter))
+                 if value is not None}
+    if args.augment is None and not overrides:
+        return None
+    name = args.augment
+    if name == "auto":
+        name = args.dataset if args.dataset in presets.TRAIN_PRESETS else "photos"
+    preset = dataclasses.replace(presets.TRAIN_PRESETS[name] if name else presets.TrainPreset(), **overrides)
+    if not 0 <= preset.erasing <= 1:
+        raise ValueError(f"--random-erasing {preset.erasing}: a probability, 0..1")
+    if preset.crop_scale is not None and not 0 < preset.crop_scale <= 1:
+        raise ValueError(f"--crop-scale {preset.crop_scale}: the smallest area share kept, 0 < MIN ≤ 1")
+    if preset.rotation < 0 or not 0 <= preset.jitter < 1:
+        raise ValueError(f"--rotation must be ≥ 0 and --color-jitter in [0, 1) (got {preset.rotation}, "
+                         f"{preset.jitter})")
+    return preset
+
+
+def train_one_epoch(net, optimizer, scheduler, x, y, spec, args, device, gen, epoch,
+                    augment: presets.TrainPreset | None = None) -> float:
     set_stage(net, args.arch, frozen=stage(args, epoch) == 1, bn_momentum=args.bn_momentum)
     order = torch.randperm(len(x), generator=gen)
     steps = math.ceil(len(x) / args.batch_size)
@@ -230,8 +265,8 @@ def train_one_epoch(net, optimizer, scheduler, x, y, spec, args, device, gen, ep
     for step in bar:
         idx = order[step * args.batch_size:(step + 1) * args.batch_size]
         batch = x[idx]
-        if args.augment:
-            batch = presets.train_augment(batch, generator=gen)
+        if augment is not None:
+            batch = augment(batch, spec, generator=gen)
         inputs, targets = normalize(batch, spec).to(device), y[idx].to(device)
         if args.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -275,6 +310,7 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     next_epoch: int = 1
     test_ds: object = None  # the test split's raw images, for the report's latency sample
+    augment: presets.TrainPreset | None = None
 
     def save(self, name: str, epoch: int, metrics: dict, **extra) -> Path:
         a = self.args
@@ -320,7 +356,7 @@ class Run:
         for epoch in range(self.next_epoch, a.epochs + 1):
             start = time.perf_counter()
             loss = train_one_epoch(self.net, self.optimizer, self.scheduler, t["x_train"], t["y_train"],
-                                   self.spec, a, self.device, self.gen, epoch)
+                                   self.spec, a, self.device, self.gen, epoch, self.augment)
             p.train_seconds += time.perf_counter() - start
             row = {"epoch": epoch, "train_loss": round(loss, 5)}
             if t["x_val"] is not None:
@@ -381,6 +417,9 @@ def arch_options(args, spec: PreprocessSpec) -> dict:
     if args.arch == "small_cnn":
         return {"width": args.width, **({"depth": args.depth} if args.depth != 1 else {}),
                 **({"flip_tta": True} if args.flip_tta else {})}
+    if args.arch == "wide_resnet":
+        return {"depth": args.wrn_depth, "widen": args.widen, **({"dropout": args.dropout} if args.dropout else {}),
+                **({"flip_tta": True} if args.flip_tta else {})}
     if args.arch in nets.TORCHVISION_HEADS:
         return {"image_size": max(spec.height, spec.width)}
     return {}
@@ -397,6 +436,10 @@ def main(argv=None) -> dict:
             pretrained.check_available(args.arch, args.download)
         except (FileNotFoundError, ValueError) as e:
             raise SystemExit(f"train: error: {e}") from None
+    try:
+        augment = train_preset(args)
+    except ValueError as e:
+        raise SystemExit(f"train: error: {e}") from None
     gen = seed_everything(args.seed)
     threads = set_threads(args.threads)
     device = pick_device(args.device)
@@ -405,6 +448,8 @@ def main(argv=None) -> dict:
     spec = preprocess_spec(args, train)
     print(f"device {device}, {threads} threads; {len(train)} train / {len(val) if val else 0} val / "
           f"{len(test)} test images, {len(labels)} classes")
+    if augment is not None:
+        print(f"augmentation: {augment}")
     tensors = {}
     for name, ds in (("train", train), ("val", val), ("test", test)):
         tensors[f"x_{name}"], tensors[f"y_{name}"] = to_tensors(ds, spec, name)
@@ -421,12 +466,12 @@ def main(argv=None) -> dict:
     optimizer = make_optimizer(net, args)
     scheduler = make_scheduler(optimizer, args, math.ceil(len(tensors["x_train"]) / args.batch_size))
     run = Run(args, net, arch_kwargs, optimizer, scheduler, spec, labels, gen, device, tensors, data.describe_source(args),
-              test_ds=test)
+              test_ds=test, augment=augment)
     if args.resume:
         run.resume(args.resume)
     experiment = args.experiment or run.source.get("dataset") or Path(args.image_folder or args.csv).stem
     with tracking.start(args.mlflow, args.mlflow_uri, experiment, run_name=args.output_dir.name) as tracker:
-        tracker.params({**vars(args), "preprocess": spec.to_dict(), "train_images": len(train),
+        tracker.params({**vars(args), "preprocess": spec.to_dict(), "augment_preset": repr(augment), "train_images": len(train),
                         "val_images": len(val) if val else 0, "test_images": len(test)})
         return run.fit(tracker)
 

@@ -57,6 +57,20 @@ def test_small_cnn_depth_and_flip_tta():
     assert net(x).shape == (3, 10)  # training sees one view (augmentation flips)
 
 
+def test_wide_resnet_is_wrn_d_k_with_flip_tta():
+    net = nets.build("wide_resnet", num_classes=10, in_channels=1, depth=16, widen=8)
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(10.96e6, rel=0.01)  # WRN-16-8
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in net.modules()) == 1 + 2 * 6 + 3  # stem, 6 blocks, 3 projections
+    torch.manual_seed(0)
+    small = nets.build("wide_resnet", num_classes=4, in_channels=3, depth=10, widen=1, flip_tta=True).eval()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        assert small(x).shape == (2, 4)
+        assert torch.allclose(small(x), (small.logits(x) + small.logits(x.flip(-1))) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="6n \\+ 4"):
+        nets.build("wide_resnet", depth=12)
+
+
 TORCHVISION = sorted(nets.TORCHVISION_HEADS)
 
 

@@ -1,4 +1,6 @@
 import json
+import re
+import zipfile
 
 import pytest
 import torch
@@ -44,6 +46,83 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(data_dir, tmp_path)
     full = checkpoint.load(tmp_path / "full" / "model.pt")["state_dict"]
     resumed = checkpoint.load(tmp_path / "resumed" / "model.pt")["state_dict"]
     assert all(torch.equal(full[k], resumed[k]) for k in full)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], None),
+    (["--augment"], "fashion-mnist"),
+    (["--augment", "--dataset", "mnist"], "mnist"),
+    (["--augment", "--image-folder", "x"], "photos"),
+    (["--augment", "cifar-10", "--random-erasing", "0.5"], "cifar-10+erasing"),
+    (["--random-erasing", "0.25", "--rotation", "5"], "overrides only"),
+])
+def test_augmentation_preset_follows_the_data_unless_named(argv, expected):
+    from model import presets, train
+
+    args = train.get_args_parser().parse_args(argv)
+    if args.image_folder:
+        args.dataset = None  # as main() does for folder/CSV data
+    got = train.train_preset(args)
+    want = {None: None, "overrides only": presets.TrainPreset(erasing=0.25, rotation=5.0),
+            "cifar-10+erasing": presets.TrainPreset(shift=4, flip=True, jitter=0.2, erasing=0.5)}
+    assert got == want.get(expected, presets.TRAIN_PRESETS.get(expected))
+
+
+@pytest.mark.parametrize("flag, value, says", [("--random-erasing", "1.5", "a probability"),
+                                                ("--crop-scale", "0", "0 < MIN ≤ 1"),
+                                                ("--color-jitter", "1", "--color-jitter in [0, 1)")])
+def test_bad_augmentation_values_stop_with_a_message(flag, value, says, data_dir, tmp_path):
+    from model import train
+
+    with pytest.raises(SystemExit, match="train: error: .*" + re.escape(says)):
+        train.main(small_run(data_dir, tmp_path, flag, value))
+
+
+def test_every_augmentation_at_once_still_learns(data_dir, tmp_path):
+    """Crop, rotation, flip, jitter and erasing on real images: the loss still falls."""
+    from model import train
+
+    train.main(small_run(data_dir, tmp_path, "--epochs", "2", "--augment", "photos", "--rotation", "10",
+                         "--random-erasing", "0.5", "--no-report", "--no-mlflow"))
+    history = checkpoint.load(tmp_path / "model.pt")["metrics"]["history"]
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_a_wide_resnet_trains_archives_and_serves(data_dir, samples, tmp_path):
+    """The GPU recipe's network, small (WRN-10-1), trained briefly on the CPU: the archive ships
+    its file and TorchServe's handler answers as the checkpoint's network does in-process."""
+    from ts.context import Context, RequestProcessor
+
+    from handlers.classifier import ImageClassifier
+    from handlers.torchserve_handler import TorchServeImageClassifier
+    from model import train
+    from scripts import archive
+    from tests.conftest import assert_same_topk
+
+    train.main(small_run(data_dir, tmp_path / "run", "--arch", "wide_resnet", "--wrn-depth", "10", "--widen", "1",
+                         "--flip-tta", "--epochs", "2", "--opt", "sgd", "--lr", "0.05", "--augment",
+                         "--random-erasing", "0.5", "--no-report", "--no-mlflow"))
+    ckpt = checkpoint.load(tmp_path / "run" / "model.pt")
+    assert ckpt["arch"] == {"name": "wide_resnet", "kwargs": {"num_classes": 10, "in_channels": 1, "depth": 10,
+                                                            "widen": 1, "flip_tta": True}}
+    history = ckpt["metrics"]["history"]
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    mar, _ = archive.archive(tmp_path / "run" / "model.pt", tmp_path / "serve", "wrn")
+    unpacked = tmp_path / "mar"
+    with zipfile.ZipFile(mar) as z:
+        z.extractall(unpacked)
+    assert (unpacked / "wide_resnet.py").is_file() and not (unpacked / "small_cnn.py").exists()
+    ctx = Context("wrn", str(unpacked), archive.read_manifest(mar), batch_size=8, gpu=None, mms_version="0.12.0")
+    handler = TorchServeImageClassifier()
+    handler.initialize(ctx)
+    out_dir, listed = samples
+    rows = [{"body": bytearray((out_dir / s["file"]).read_bytes())} for s in listed]
+    ctx.request_processor = [RequestProcessor({}) for _ in rows]
+    out = handler.handle(rows, ctx)
+    spec, _ = archive.model_spec_from_checkpoint(ckpt, "wrn", "1.0")
+    reference = ImageClassifier(checkpoint.build_net(ckpt), spec)
+    for result, row in zip(out, rows):
+        assert_same_topk(result, reference.predict([bytes(row["body"])])[0])
 
 
 def test_validation_selects_the_best_epoch_and_stops_early(data_dir, tmp_path):

@@ -26,6 +26,7 @@ class Arch:
 ARCHS: dict[str, Arch] = {
     "small_cnn": Arch("model.nets.small_cnn", "SmallCNN", head="head"),
     "efficientnet_lite": Arch("model.nets.efficientnet_lite", "EfficientNetLite", head="_fc"),
+    "wide_resnet": Arch("model.nets.wide_resnet", "WideResNet", head="fc"),
     **{name: Arch("model.nets.torchvision_net", "TorchvisionNet", head=f"net.{head}", kwargs={"name": name})
        for name, head in TORCHVISION_HEADS.items()},
 }
