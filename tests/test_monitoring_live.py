@@ -51,6 +51,7 @@ class Monitored:
     results: dict[str, load.LoadResult]  # runtime → its load
     rejected_before: dict[str, float]  # runtime → image_handler_rejected_total just before its load
     metrics_urls: dict[str, str]
+    warmup_max: dict[str, float]  # runtime → its slowest warm-up round trip (seconds)
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +93,12 @@ def monitored(torchserve, kserve_runtime, samples, tmp_path_factory):
         # can finish the whole load before that.
         urls = {TORCHSERVE: f"{settings.inference_url}/predictions/{MODEL_NAME}",
                 KSERVE_NATIVE: kserve_runtime.url + load.KSERVE_V1_PATH.format(model=MODEL_NAME)}
-        for url in urls.values():
+        warmup_max = {}
+        for rt, url in urls.items():
             for body in (images[0], b"junk"):
+                started = time.perf_counter()
                 requests.post(url, data=body, headers={"Content-Type": "image/png"}, timeout=30)
+                warmup_max[rt] = max(warmup_max.get(rt, 0.0), time.perf_counter() - started)
         for job in JOBS.values():
             for series in (f'{names.REJECTED}{{job="{job}"}}', f'{names.STAGE_SECONDS}_count{{job="{job}"}}'):
                 assert prom.wait_for(series, timeout=20), series
@@ -112,7 +116,7 @@ def monitored(torchserve, kserve_runtime, samples, tmp_path_factory):
         for job in JOBS.values():
             prom.wait_for(f'{rules.REJECTED_RATE}{{job="{job}", {names.REASON}="invalid_image"}} > 0', timeout=15)
         time.sleep(2.5)
-        yield Monitored(PinnedPrometheus(prom, time.time()), results, rejected_before, metrics_urls)
+        yield Monitored(PinnedPrometheus(prom, time.time()), results, rejected_before, metrics_urls, warmup_max)
     finally:
         prom.stop()
 
@@ -210,7 +214,9 @@ def test_latency_quantiles_agree_with_the_client(monitored, runtime):
     q = {k: values(prom, rule + sel) for k, rule in rules.HANDLE_QUANTILE.items()}
     assert all(len(v) == 1 for v in q.values()), q
     q = {k: v[0] for k, v in q.items()}
-    lo, med, hi = min(result.latencies), result.quantile(0.5), max(result.latencies)
+    # the rules' 2-minute window also holds the warm-up requests (a runtime's first request can be
+    # its slowest): the slowest round trip the window can contain is the bound
+    lo, med, hi = min(result.latencies), result.quantile(0.5), max(*result.latencies, monitored.warmup_max[runtime])
     print(f"{runtime}: prometheus handle quantiles {q}; client min/median/max {lo:.4f}/{med:.4f}/{hi:.4f} s")
     assert 0 < q["p50"] <= q["p95"] <= q["p99"]
     # one batch through the handler happens inside each of its requests' round trips
