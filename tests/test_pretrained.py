@@ -3,18 +3,13 @@ error otherwise), load everywhere but the new head, and the trained backbone arc
 import os
 import subprocess
 import sys
-import zipfile
 
 import pytest
 import torch
 import torchvision
-from ts.context import Context, RequestProcessor
 
-from handlers.classifier import ImageClassifier
-from handlers.torchserve_handler import TorchServeImageClassifier
 from model import checkpoint, nets, pretrained, train
-from scripts import archive
-from tests.conftest import assert_same_topk
+from tests.conftest import assert_archive_serves_like_the_checkpoint
 
 RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1 file name
 
@@ -101,27 +96,8 @@ def test_training_cli_starts_from_the_cached_weights(resnet18_run, resnet18_cach
 
 
 def test_a_torchvision_backbone_archives_and_serves(resnet18_run, samples, tmp_path):
-    ckpt_path = resnet18_run / "model.pt"
-    mar, _ = archive.archive(ckpt_path, tmp_path / "serve", "resnet")
-    unpacked = tmp_path / "mar"
-    with zipfile.ZipFile(mar) as z:
-        z.extractall(unpacked)
-    assert (unpacked / "torchvision_net.py").is_file() and not (unpacked / "small_cnn.py").exists()
-    manifest = archive.read_manifest(mar)
-    ctx = Context("resnet", str(unpacked), manifest, batch_size=8, gpu=None, mms_version="0.12.0")
-    handler = TorchServeImageClassifier()
-    handler.initialize(ctx)  # what TorchServe's worker does: the no-import-of-model/ path
-    out_dir, listed = samples
-    rows = [{"body": bytearray((out_dir / s["file"]).read_bytes())} for s in listed]
-    ctx.request_processor = [RequestProcessor({}) for _ in rows]
-    out = handler.handle(rows, ctx)
-    # the same answers as the checkpoint's network run in-process on the same bytes
-    ckpt = checkpoint.load(ckpt_path)
-    spec, _ = archive.model_spec_from_checkpoint(ckpt, "resnet", "1.0")
-    reference = ImageClassifier(checkpoint.build_net(ckpt), spec)
-    assert [ctx.get_response_status(i)[0] for i in range(len(rows))] == [200] * len(rows)
-    for result, row in zip(out, rows):
-        assert_same_topk(result, reference.predict([bytes(row["body"])])[0])
+    assert_archive_serves_like_the_checkpoint(resnet18_run / "model.pt", "resnet", samples, tmp_path,
+                                              "torchvision_net.py")
 
 
 def test_vit_position_embeddings_are_resized_to_the_input_grid(monkeypatch):

@@ -1,6 +1,5 @@
 import json
 import re
-import zipfile
 
 import pytest
 import torch
@@ -91,13 +90,8 @@ def test_every_augmentation_at_once_still_learns(data_dir, tmp_path):
 def test_a_wide_resnet_trains_archives_and_serves(data_dir, samples, tmp_path):
     """The GPU recipe's network, small (WRN-10-1), trained briefly on the CPU: the archive ships
     its file and TorchServe's handler answers as the checkpoint's network does in-process."""
-    from ts.context import Context, RequestProcessor
-
-    from handlers.classifier import ImageClassifier
-    from handlers.torchserve_handler import TorchServeImageClassifier
     from model import train
-    from scripts import archive
-    from tests.conftest import assert_same_topk
+    from tests.conftest import assert_archive_serves_like_the_checkpoint
 
     train.main(small_run(data_dir, tmp_path / "run", "--arch", "wide_resnet", "--wrn-depth", "10", "--widen", "1",
                          "--flip-tta", "--epochs", "2", "--opt", "sgd", "--lr", "0.05", "--augment",
@@ -107,22 +101,8 @@ def test_a_wide_resnet_trains_archives_and_serves(data_dir, samples, tmp_path):
                                                             "widen": 1, "flip_tta": True}}
     history = ckpt["metrics"]["history"]
     assert history[1]["train_loss"] < history[0]["train_loss"]
-    mar, _ = archive.archive(tmp_path / "run" / "model.pt", tmp_path / "serve", "wrn")
-    unpacked = tmp_path / "mar"
-    with zipfile.ZipFile(mar) as z:
-        z.extractall(unpacked)
-    assert (unpacked / "wide_resnet.py").is_file() and not (unpacked / "small_cnn.py").exists()
-    ctx = Context("wrn", str(unpacked), archive.read_manifest(mar), batch_size=8, gpu=None, mms_version="0.12.0")
-    handler = TorchServeImageClassifier()
-    handler.initialize(ctx)
-    out_dir, listed = samples
-    rows = [{"body": bytearray((out_dir / s["file"]).read_bytes())} for s in listed]
-    ctx.request_processor = [RequestProcessor({}) for _ in rows]
-    out = handler.handle(rows, ctx)
-    spec, _ = archive.model_spec_from_checkpoint(ckpt, "wrn", "1.0")
-    reference = ImageClassifier(checkpoint.build_net(ckpt), spec)
-    for result, row in zip(out, rows):
-        assert_same_topk(result, reference.predict([bytes(row["body"])])[0])
+    assert_archive_serves_like_the_checkpoint(tmp_path / "run" / "model.pt", "wrn", samples, tmp_path,
+                                              "wide_resnet.py")
 
 
 def test_validation_selects_the_best_epoch_and_stops_early(data_dir, tmp_path):
