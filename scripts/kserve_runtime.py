@@ -298,7 +298,7 @@ class BoundRESTServer(RESTServer):
     def _add_middlewares(self, app) -> None:
         """kserve's middlewares without TimingMiddleware: it logs two kserve.trace lines per
         request (wall and CPU time), which /metrics already has as histograms. Measured: 0.3-0.6 ms
-        of CPU less per request at concurrency 8 (docs/bench/bench.md)."""
+        of CPU less per request at concurrency 8 (A/B runs: README, section "Speed")."""
         if self.access_log_format:
             super()._add_middlewares(app)
             app.user_middleware[:] = [m for m in app.user_middleware if m.cls is not TimingMiddleware]
