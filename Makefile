@@ -24,7 +24,7 @@ setup:  ## install system packages (Java, Fashion-MNIST, chromium) and the virtu
 demo: setup  ## train → evaluate → archive → serve → predict → metrics → stop
 	$(PY) -m scripts.demo --data-dir $(DATA) --run-dir $(RUN_DIR) --model-name $(MODEL)
 
-test: setup  ## run the test suite (unit + real TorchServe integration)
+test: setup images  ## run the test suite (unit + real TorchServe + the chart's pods from their images)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 train: setup  ## train the quick Fashion-MNIST recipe into $(RUN_DIR)
@@ -111,9 +111,19 @@ k8s-validate: setup  ## helm lint --strict + strict offline schema validation of
 	$(HELM) lint --strict charts/image-classifier
 	$(PY) -m scripts.k8s_validate k8s/*.yaml
 
-.PHONY: images kind-e2e
-images: setup  ## docker build the two runtime images under values.yaml's names (needs Docker; CI has none). IMAGES_ARGS="--push --gpu"
+.PHONY: images modelcar kind-e2e
+# Here no image registry is reachable: the base image is built from Debian's packages and torch comes
+# from PyPI (--no-image-registry). With a registry: IMAGES_ARGS="--push" (python:3.11-slim base,
+# PyTorch's CPU wheels), IMAGES_ARGS="--gpu --push" for the GPU tags.
+IMAGES_ARGS ?= --no-image-registry
+images: setup  ## build both runtime images under values.yaml's names (podman, else docker; layers cached)
 	$(PY) -m scripts.images --build $(IMAGES_ARGS)
+
+# One model's storage layout as a KServe modelcar image (storageUri oci://...): MODEL=fashion-mnist|imagenet.
+MODELCAR_ARGS ?= --no-image-registry
+modelcar: setup  ## package MODEL's checkpoint (runs/$(MODEL)/model.pt) as a modelcar image (MODELCAR_ARGS="--push")
+	$(PY) -m scripts.archive --checkpoint runs/$(MODEL)/model.pt --model-name $(MODEL) --out build/modelcar/$(MODEL)
+	$(PY) -m scripts.modelcar build/modelcar/$(MODEL) --model $(MODEL) $(MODELCAR_ARGS)
 
 kind-e2e: setup  ## whole deploy on a throw-away kind cluster (needs Docker, kind, internet; never run by CI): docs/deploy.md
 	bash scripts/kind_e2e.sh
@@ -135,3 +145,4 @@ bench: setup $(CKPT)  ## in-process, TorchServe REST/gRPC, KServe-native REST/gR
 
 bench-gpu: setup  ## on a GPU machine: stock TorchServe handler vs our GPU path vs raw fp16 forward, ResNet-50 batch 64 → docs/bench/gpu.{md,json}
 	$(PY) -m scripts.bench.gpu --out docs/bench $(BENCH_ARGS)
+

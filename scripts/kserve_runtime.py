@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
 import struct
 import sys
 import tempfile
@@ -384,6 +385,20 @@ def loop_factory(event_loop: str):
 
 # --- command line ------------------------------------------------------------------------------
 
+# KServe sets MODEL_INIT_MODE=async where the model appears after the runtime starts (a modelcar
+# sidecar links its image's /models into /mnt/models once it runs): wait for it instead of failing.
+MODEL_INIT_MODE_ENV, ASYNC_WAIT_SECONDS = "MODEL_INIT_MODE", 600
+
+
+def wait_for_model_store(model_store: Path, timeout: float = ASYNC_WAIT_SECONDS, poll: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(Path(model_store).glob("*.mar")):
+        if time.monotonic() > deadline:
+            raise ArchiveLoadError(f"no .mar files in {model_store} after waiting {timeout:.0f} s "
+                                   f"({MODEL_INIT_MODE_ENV}=async)")
+        time.sleep(poll)
+
+
 def load_models(model_store: Path, unpack_root: Path, inline_below_ms: float = 0.0) -> list[MarModel]:
     mars = sorted(Path(model_store).glob("*.mar"))
     if not mars:
@@ -434,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
                      "no TLS; ports: --http-port, --grpc-port)")
     with tempfile.TemporaryDirectory(prefix="kserve-runtime-") as unpack_root:
         try:
+            if os.environ.get(MODEL_INIT_MODE_ENV) == "async":
+                wait_for_model_store(args.model_store)
             models = load_models(args.model_store, Path(unpack_root), args.inline_below_ms)
         except ArchiveLoadError as e:
             print(f"kserve_runtime: error: {e}", file=sys.stderr)

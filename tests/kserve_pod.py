@@ -1,31 +1,20 @@
-"""What KServe makes of the chart's InferenceService + ServingRuntime, emulated where no cluster
-exists: the predictor container (KServe's container merge), its pod (for checkov), and the pod run
-locally (`LocalPod`): the storage initializer's copy into /mnt/models, the container's own command,
-env and probes, on free loopback ports. Everything taken from the manifest is used as rendered; the
-only rewrites are the ones a laptop needs instead of a pod (see `Translation`).
+"""What KServe's controller makes of the chart's InferenceService + ServingRuntime, emulated
+because no control plane runs here: the predictor container (KServe's container merge), its
+Deployment (for checkov), the predictor pod with the storage its pod webhook mounts, and the routing
+of each protocol to a container port (Knative's one-port rules included).
 
-The cluster boundary is the only thing emulated: KServe's controller (merge, storage initializer,
-routing to the first/h2c port, Knative's one-port rules). The servers, probes and clients are the real ones.
+Only the control plane is emulated: the pods themselves run from their images with podman
+(scripts/containers/pod.py, tests/test_pods.py), the probes, servers and clients are the real ones.
 """
 from __future__ import annotations
 
 import copy
-import os
 import re
-import shutil
-import subprocess
-import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import requests
+from scripts import k8s_render
+from scripts.settings import KSERVE_MODEL_MOUNT
 
-from scripts.process import ServerProcess
-from scripts.torchserve import WORKER_FAILURE_MARKERS
-from scripts.process import free_ports
-
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
+PVC_VOLUME = "kserve-pvc-source"  # the name KServe gives the claim's volume
 
 # Fields of an InferenceService's predictor.model that are not container fields.
 MODEL_ONLY_FIELDS = {"modelFormat", "runtime", "protocolVersion", "storageUri", "storage", "name"}
@@ -40,6 +29,32 @@ COMPONENT_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", 
 
 class PodCheckError(AssertionError):
     """The rendered manifest does not run or does not serve what it declares."""
+
+
+def render(values: str | None = None) -> list[dict]:
+    """The chart rendered with one values file (a path, or a name under the chart's ci/)."""
+    args = ["-f", str(k8s_render.CHART / "ci" / values) if "/" not in values else values] if values else []
+    return [obj for _, obj in k8s_render.split_documents(k8s_render.helm_template(*args))]
+
+
+def of_kind(objs, kind: str) -> list[dict]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def metrics_ports(objs, isvc: dict) -> set[int]:
+    """Ports Prometheus scrapes on this model's pods: the prometheus.io/port annotation and every
+    PodMonitor whose selector matches the predictor's labels."""
+    predictor = isvc["spec"]["predictor"]
+    labels = predictor.get("labels", {})
+    ports = set()
+    if "prometheus.io/port" in predictor.get("annotations", {}):
+        ports.add(int(predictor["annotations"]["prometheus.io/port"]))
+    monitors = of_kind(objs, "PodMonitor")
+    matching = [m for m in monitors if m["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+    if monitors and not matching:
+        raise PodCheckError(f"no PodMonitor selects {isvc['metadata']['name']}'s pods (labels {labels})")
+    ports |= {e["portNumber"] for m in matching for e in m["spec"]["podMetricsEndpoints"]}
+    return ports
 
 
 def one(objs, kind: str, name: str) -> dict:
@@ -97,78 +112,60 @@ def predictor_deployment(objs, isvc: dict) -> dict:
                      "template": {"metadata": meta, "spec": pod_spec}}}
 
 
-# --- storage: what the storage initializer puts in /mnt/models ---------------------------------
-
-def storage_initializer(storage_uri: str, claims: dict[str, Path], dest: Path) -> Path:
-    """Copy what `storage_uri` names into `dest` (the pod's /mnt/models), the way KServe's storage
-    initializer does for pvc://<claim>/<path>: the claim's <path> becomes /mnt/models."""
-    m = re.fullmatch(r"pvc://([^/]+)/?(.*)", storage_uri)
+def predictor_pod(objs, isvc: dict) -> dict:
+    """The predictor pod spec KServe would run: the Deployment's template plus what its pod webhook
+    adds for the storageUri (kserve v0.20 pkg/webhook/admission/pod/storage_initializer_injector.go,
+    pkg/utils/storage.go): for pvc://<claim>/<path>, the claim mounted read-only at /mnt/models with
+    <path> as subPath; for oci://<image>, the modelcar (below)."""
+    spec = copy.deepcopy(predictor_deployment(objs, isvc)["spec"]["template"]["spec"])
+    uri = isvc["spec"]["predictor"]["model"]["storageUri"]
+    container = spec["containers"][0]
+    if uri.startswith("oci://"):
+        return add_modelcar(spec, uri.removeprefix("oci://"))
+    m = re.fullmatch(r"pvc://([^/]+)/?(.*)", uri)
     if not m:
-        raise PodCheckError(f"{storage_uri}: only pvc:// URIs can be laid out locally")
+        raise PodCheckError(f"{uri}: only pvc:// and oci:// storage run locally")
     claim, path = m.groups()
-    if claim not in claims:
-        raise PodCheckError(f"{storage_uri}: no PersistentVolumeClaim {claim!r} is rendered or uploaded "
-                            f"(have {sorted(claims)})")
-    src = claims[claim] / path
-    if not src.is_dir():
-        raise PodCheckError(f"{storage_uri}: {path or '/'} does not exist in claim {claim} "
-                            f"(it holds {sorted(p.name for p in claims[claim].iterdir())})")
-    shutil.copytree(src, dest)
-    return dest
+    spec.setdefault("volumes", []).append({"name": PVC_VOLUME, "persistentVolumeClaim": {"claimName": claim}})
+    container.setdefault("volumeMounts", []).append(
+        {"name": PVC_VOLUME, "mountPath": KSERVE_MODEL_MOUNT, "subPath": path, "readOnly": True})
+    return spec
 
 
-# --- the pod's container run locally -------------------------------------------------------------
+MODELCAR_VOLUME = "kserve-provision-location"
+MODELCAR_RESOURCES = {"cpu": "10m", "memory": "15Mi"}  # CpuModelcarDefault, MemoryModelcarDefault
 
+
+def add_modelcar(spec: dict, image: str) -> dict:
+    """KServe's ConfigureModelcarToContainer: an emptyDir at /mnt in the runtime and a modelcar
+    sidecar that links its own /models there through /proc (so shareProcessNamespace), an init
+    container that checks /models first, and MODEL_INIT_MODE=async for the runtime. `$$$$` is
+    KServe's text: the kubelet's expansion makes it the shell's `$$`."""
+    parent = KSERVE_MODEL_MOUNT.rsplit("/", 1)[0]
+    container = spec["containers"][0]
+    container.setdefault("env", []).append({"name": "MODEL_INIT_MODE", "value": "async"})
+    container.setdefault("volumeMounts", []).append({"name": MODELCAR_VOLUME, "mountPath": parent, "readOnly": False})
+    spec.setdefault("volumes", []).append({"name": MODELCAR_VOLUME, "emptyDir": {}})
+    resources = {"limits": dict(MODELCAR_RESOURCES), "requests": dict(MODELCAR_RESOURCES)}
+    spec["containers"].append({
+        "name": "modelcar", "image": image, "resources": resources,
+        "args": ["sh", "-c", f"ln -sf /proc/$$$$/root/models {KSERVE_MODEL_MOUNT} && sleep infinity"],
+        "volumeMounts": [{"name": MODELCAR_VOLUME, "mountPath": parent, "readOnly": False}]})
+    spec.setdefault("initContainers", []).append({
+        "name": "modelcar-init", "image": image, "resources": resources,
+        "args": ["sh", "-c", f"echo 'Pre-fetching modelcar {image}: ' && [ -d /models ] && "
+                             "[ \"$$(ls -A /models)\" ] && echo 'OK ... Prefetched and valid (/models exists)' || "
+                             "(echo 'NOK ... Prefetched but modelcar is invalid (/models does not exist or is empty)' "
+                             "&& exit 1)"]})
+    spec["shareProcessNamespace"] = True
+    return spec
+
+
+# Where a container listens, as the manifest says (for the static check that routed ports listen on
+# every interface; the pod tests then reach them through published ports, which a loopback
+# listener inside the container cannot answer).
 PORT_FLAG = re.compile(r"^--[\w-]*port$")
 URL_PORT = re.compile(r"^(\w+://)([^/:]+):(\d+)(.*)$")
-
-
-@dataclass
-class Translation:
-    """The only rewrites from pod to laptop: each mount path → a local directory, each port named
-    by the manifest → a free loopback port, and bind address 0.0.0.0 → 127.0.0.1 (a pod listens on
-    every interface; a shared test machine must not). Nothing is added from our own settings."""
-    paths: dict[str, Path]
-    ports: dict[int, int] = field(default_factory=dict)
-
-    def port(self, p: int | str) -> int:
-        p = int(p)
-        while p not in self.ports:
-            candidate = free_ports(1)[0]
-            if candidate not in self.ports.values():  # the kernel may hand out a port twice
-                self.ports[p] = candidate
-        return self.ports[p]
-
-    def path(self, s: str) -> str:
-        for mount in sorted(self.paths, key=len, reverse=True):
-            if s == mount or s.startswith(mount + "/"):
-                return str(self.paths[mount]) + s[len(mount):]
-        return s
-
-    def value(self, s: str, is_port: bool = False) -> str:
-        if is_port:
-            return str(self.port(s))
-        if s == "0.0.0.0":
-            return "127.0.0.1"
-        m = URL_PORT.match(s)
-        if m:
-            scheme, host, port, rest = m.groups()
-            return f"{scheme}{'127.0.0.1' if host == '0.0.0.0' else host}:{self.port(port)}{rest}"
-        return self.path(s)
-
-    def argv(self, argv: list[str]) -> list[str]:
-        out = []
-        for i, a in enumerate(argv):
-            out.append(self.value(a, is_port=i > 0 and bool(PORT_FLAG.match(argv[i - 1]))))
-        return out
-
-    def env(self, env: list[dict]) -> dict[str, str]:
-        out = {}
-        for e in env:
-            if "value" not in e:
-                raise PodCheckError(f"env {e['name']}: only literal values can run locally ({e})")
-            out[e["name"]] = self.value(e["value"], is_port=e["name"].endswith("_PORT"))
-        return out
 
 
 def bind_addresses(container: dict) -> dict[int, str]:
@@ -241,86 +238,3 @@ def serving_port(container: dict, protocol: str, knative: bool = False) -> int:
     if protocol == "grpc-v2" or not ports:
         raise PodCheckError(f"no container port named {want} for protocol {protocol}: {ports}")
     return ports[0]["containerPort"]
-
-
-class LocalPod(ServerProcess):
-    """The predictor container's command with its env, in its own process group, ready when the
-    manifest's readiness probe (exec or httpGet, run for real) passes. Stopped by PID."""
-
-    name = "predictor container"
-    error = PodCheckError
-    poll_seconds = 0.5
-
-    def __init__(self, container: dict, translation: Translation, run_dir: Path):
-        super().__init__(run_dir, "container.out")
-        self.container, self.t = container, translation
-        self.home = self.run_dir / "home"
-        self.workdir = self.run_dir / "workdir"
-        self._argv = self.t.argv([*container.get("command", []), *container.get("args", [])])
-        self._env = self.t.env(container.get("env", []))
-        self.probe_log: list[str] = []
-
-    def command(self) -> list[str]:
-        return self._argv
-
-    def env(self) -> dict[str, str]:
-        # A container's environment is the image's (PATH, HOME) plus the manifest's env: nothing from
-        # this shell (no TS_*, no PYTHONPATH). The venv's bin stands in for the image's PATH.
-        base = {"PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
-                "HOME": str(self.home), "LANG": "C.UTF-8"}
-        if "JAVA_HOME" in os.environ:
-            base["JAVA_HOME"] = os.environ["JAVA_HOME"]
-        return {**base, **self._env}
-
-    def cwd(self) -> Path:
-        # The KServe-native image's WORKDIR holds this checkout's scripts/, handlers/ and model/
-        # (Dockerfile.kserve-native); TorchServe's runs in an empty working directory.
-        if self._argv[1:3] == ["-m", "scripts.kserve_runtime"]:
-            return REPO
-        return self.workdir
-
-    def start(self, timeout: float = 120) -> "LocalPod":
-        for d in (self.home, self.workdir, *self.t.paths.values()):
-            Path(d).mkdir(parents=True, exist_ok=True)
-        return super().start(timeout)
-
-    def probe(self, kind: str) -> tuple[bool, str]:
-        """Run the container's probe once: (passed, why)."""
-        spec = self.container.get(kind)
-        if not spec:
-            raise PodCheckError(f"container has no {kind}")
-        if "exec" in spec:
-            try:
-                proc = subprocess.run(self.t.argv(spec["exec"]["command"]), env=self.env(), cwd=self.cwd(),
-                                      capture_output=True, text=True, timeout=spec.get("timeoutSeconds", 1) + 5)
-            except subprocess.TimeoutExpired:
-                return False, "exec probe timed out"
-            return proc.returncode == 0, (proc.stderr or proc.stdout).strip()[-300:]
-        if "httpGet" in spec:
-            get = spec["httpGet"]
-            url = f"http://127.0.0.1:{self.t.port(get['port'])}{get.get('path', '/')}"
-            try:
-                r = requests.get(url, timeout=spec.get("timeoutSeconds", 1))
-            except requests.RequestException as e:
-                return False, f"GET {url}: {type(e).__name__}"
-            return 200 <= r.status_code < 400, f"GET {url}: {r.status_code}"
-        raise PodCheckError(f"{kind}: only exec and httpGet probes are emulated: {spec}")
-
-    def ready(self) -> bool:
-        ok, why = self.probe("readinessProbe")
-        self.probe_log.append(why)
-        return ok
-
-    def failure(self) -> str | None:
-        if not self.log_file.exists():
-            return None
-        text = self.log_file.read_text(errors="replace")
-        if any(marker in text for marker in WORKER_FAILURE_MARKERS):
-            return "a model failed to load:\n" + self.log_tail(40)
-        return None
-
-    def wait_ready(self, timeout: float) -> None:
-        try:
-            super().wait_ready(timeout)
-        except PodCheckError as e:
-            raise PodCheckError(f"{e}\nlast readiness probe: {self.probe_log[-1:] or 'never ran'}") from None

@@ -1,7 +1,9 @@
-"""The runtime images, checked statically (no Docker engine here or in CI, so nothing is built):
-each Dockerfile the build script names exists and none is orphaned, the chart runs exactly the
-image names/tags `make images` builds (one source: values.yaml), and each image agrees with its
-ServingRuntime on the user, the command and the pinned packages."""
+"""The runtime images and how `make images` builds them: each Dockerfile the build script names
+exists and none is orphaned, both share their first lines up to the torch install (one stored
+layer), the chart runs exactly the image names/tags `make images` builds (one source: values.yaml),
+each image agrees with its ServingRuntime on the user, the command and the pinned packages, and the
+build takes the host's pip settings through a mount, never into a layer. The images themselves run
+in tests/test_pods.py."""
 from __future__ import annotations
 
 import json
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import images, k8s_render
+from scripts import images, k8s_render, modelcar
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "image-classifier"
@@ -42,7 +44,7 @@ def test_every_dockerfile_exists_and_none_is_orphaned():
     assert set(images.DOCKERFILES) == set(RUNTIME_OF)
     for path in images.DOCKERFILES.values():
         assert path.is_file(), path
-    assert set((CHART / "docker").glob("Dockerfile*")) == set(images.DOCKERFILES.values())
+    assert set((CHART / "docker").glob("Dockerfile*")) == {*images.DOCKERFILES.values(), modelcar.DOCKERFILE}
 
 
 @pytest.mark.parametrize("gpu", [False, True])
@@ -56,7 +58,8 @@ def test_the_chart_runs_the_images_make_images_builds(gpu):
     builds = [shlex.split(line) for line in printed]
     for key, dockerfile in images.DOCKERFILES.items():
         cmd = next(c for c in builds if c[c.index("-t") + 1] == names[key])
-        assert cmd[:2] == ["docker", "build"] and cmd[-1] == "."  # context: the repository root
+        assert cmd[1] == "build" and cmd[-1] == "."  # context: the repository root
+        assert not any(a.startswith("BASE_IMAGE=") for a in cmd)  # users keep the Dockerfile's python:3.11-slim
         assert cmd[cmd.index("-f") + 1] == str(dockerfile.relative_to(REPO))
         assert ("TORCH_INDEX=" + images.GPU_TORCH_INDEX in cmd) == gpu
 
@@ -91,14 +94,48 @@ def test_torchserve_image_installs_requirements_pins():
     pins = [l for l in (REPO / "requirements.txt").read_text().splitlines() if re.search(pattern, l)]
     assert len(pins) == 4 and f"-eq {len(pins)}" in run, pins
     assert {p.split("==")[0] for p in pins} == {"torchserve", "pyyaml", "pillow", "numpy"}
-    assert "torch" in run and "--index-url" in run and "-c /tmp/build/constraints.txt" in run
+    assert "-c /opt/build/constraints.txt" in run
 
 
-def test_make_images_without_docker_fails_with_the_commands(tmp_path):
-    env = {**os.environ, "PATH": str(tmp_path)}  # no docker on PATH
+def shared_prefix(dockerfile: Path) -> list[tuple[str, str]]:
+    steps = instructions(dockerfile)
+    torch = next(n for n, (i, a) in enumerate(steps) if i == "RUN" and "torch torchvision" in a)
+    return steps[:torch + 1]
+
+
+def test_both_images_share_the_torch_layer():
+    """Identical instructions up to and including the torch install: the engine builds and stores
+    that layer (GBs) once for both images."""
+    torchserve, native = (shared_prefix(images.DOCKERFILES[k]) for k in ("torchserve", "kserveNative"))
+    assert torchserve == native
+    assert torchserve[0] == ("ARG", "BASE_IMAGE=python:3.11-slim") and torchserve[1] == ("FROM", "${BASE_IMAGE}")
+    assert ("ARG", "TORCH_INDEX=https://download.pytorch.org/whl/cpu") in torchserve
+    assert any(i == "RUN" and '--index-url "$TORCH_INDEX" -c /opt/build/constraints.txt torch torchvision' in a
+               for i, a in torchserve)
+
+
+def test_registry_free_builds_set_the_base_and_package_source():
+    opts = images.BuildOptions(engine="podman", base_image="localhost/base:1", torch_index=images.PYPI_INDEX,
+                               mounts=("/h/pip.conf:/etc/pip.conf:ro",), flags=("--ulimit", "nofile=1:1"))
+    for cmd in images.build_commands(None, opts):
+        assert cmd[:4] == ["podman", "build", "--ulimit", "nofile=1:1"]
+        assert "BASE_IMAGE=localhost/base:1" in cmd and f"TORCH_INDEX={images.PYPI_INDEX}" in cmd
+        assert cmd[cmd.index("-v") + 1] == "/h/pip.conf:/etc/pip.conf:ro"
+
+
+def test_host_pip_settings_reach_the_build_through_a_mount(tmp_path):
+    env = {"PIP_CERT": "/etc/ssl/certs/ca-certificates.crt", "PIP_INDEX_URL": "https://mirror.example/simple"}
+    mounts = images.host_pip_mounts(tmp_path, env)
+    assert mounts == (f"{tmp_path / 'pip.conf'}:{images.BUILD_PIP_CONF}:ro",
+                      f"/etc/ssl/certs/ca-certificates.crt:{images.BUILD_PIP_CA}:ro")
+    conf = (tmp_path / "pip.conf").read_text()
+    assert f"cert = {images.BUILD_PIP_CA}" in conf and "index-url = https://mirror.example/simple" in conf
+    assert images.host_pip_mounts(tmp_path / "none", {}) == ()  # nothing to pass: no mount at all
+
+
+def test_make_images_without_an_engine_fails_clearly(tmp_path):
+    env = {**os.environ, "PATH": str(tmp_path)}  # neither podman nor docker on PATH
     proc = subprocess.run([sys.executable, "-m", "scripts.images", "--build"], cwd=REPO, env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert "docker not found" in proc.stderr and "CI has none" in proc.stderr
-    for name in images.image_names().values():
-        assert f"-t {name}" in proc.stderr
+    assert "no container engine answers" in proc.stderr and "podman: not found" in proc.stderr

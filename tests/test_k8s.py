@@ -137,9 +137,23 @@ def test_notes_tell_how_to_call_the_models():
 def test_torchserve_runtime_runs_torchserve_directly_on_the_storage_layout():
     c = runtime_container(render(), "torchserve")
     assert c["image"] == "registry.example.com/image-classifier/torchserve:0.1.0"  # docker/Dockerfile.torchserve
-    assert c["command"] == ["torchserve", "--start", "--foreground", "--ncs",
+    # tini as PID 1, passing SIGTERM to the process group (tests/test_pods.py measures the shutdown)
+    assert c["command"] == ["tini", "-g", "--", "torchserve", "--start", "--foreground", "--ncs",
                             "--ts-config", f"{KSERVE_MODEL_MOUNT}/config/config.properties",
                             "--model-store", f"{KSERVE_MODEL_MOUNT}/model-store"]
+
+
+@pytest.mark.parametrize("runtime", ["torchserve", "kserve-native"])
+def test_every_model_container_drains_before_sigterm(runtime):
+    objs = render(None, "shutdown.drainSeconds=7", "shutdown.terminationGracePeriodSeconds=40")
+    c = runtime_container(objs, runtime)
+    assert c["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "7"]}}
+    for isvc in (o for o in objs if o["kind"] == "InferenceService"):
+        assert isvc["spec"]["predictor"]["terminationGracePeriodSeconds"] == 40
+
+
+def test_a_drain_longer_than_the_grace_period_is_refused():
+    assert "drainSeconds must be shorter" in refused("--set", "shutdown.drainSeconds=30")
 
 
 def test_torchserve_env_and_ports_match_settings():

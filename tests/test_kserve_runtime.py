@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -610,3 +611,14 @@ def test_handler_metrics_have_torchserves_names_and_labels(runtime, images):
     assert delta(f"{m.STAGE_SECONDS}_count", stage="handle") == 2
     assert delta(f"{m.STAGE_SECONDS}_count", stage="inference") == 1
     assert value(after, m.MODEL_LOAD_SECONDS, **labels) > 0
+
+
+def test_an_async_model_store_is_waited_for(tmp_path):
+    """MODEL_INIT_MODE=async (KServe's modelcar): the archives appear after the runtime starts."""
+    store = tmp_path / "model-store"
+    threading.Timer(0.3, lambda: (store.mkdir(), (store / "m.mar").write_bytes(b"x"))).start()
+    started = time.monotonic()
+    kserve_runtime.wait_for_model_store(store, timeout=10, poll=0.05)
+    assert 0.25 < time.monotonic() - started < 5
+    with pytest.raises(kserve_runtime.ArchiveLoadError, match=r"no .mar files in .* after waiting 0 s"):
+        kserve_runtime.wait_for_model_store(tmp_path / "never", timeout=0.2, poll=0.05)

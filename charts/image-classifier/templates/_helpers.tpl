@@ -87,6 +87,9 @@ seccompProfile:
 {{- if gt (int $v.autoscaling.minReplicas) (int $v.autoscaling.maxReplicas) -}}
 {{- fail "autoscaling.minReplicas is larger than autoscaling.maxReplicas" -}}
 {{- end -}}
+{{- if ge (int $v.shutdown.drainSeconds) (int $v.shutdown.terminationGracePeriodSeconds) -}}
+{{- fail "shutdown.drainSeconds must be shorter than shutdown.terminationGracePeriodSeconds (the grace period includes the drain; SIGTERM needs time after it)" -}}
+{{- end -}}
 {{- $names := dict -}}
 {{- range $v.models -}}
 {{- if hasKey $names .name -}}{{- fail (printf "models: %q is listed twice" .name) -}}{{- end -}}
@@ -113,4 +116,13 @@ seccompProfile:
 {{- if and $v.monitoring.serviceMonitor.enabled $v.monitoring.podMonitor.enabled -}}
 {{- fail "monitoring.podMonitor and monitoring.serviceMonitor both scrape the same pods: enable one" -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The preStop hook of every model container: wait while the Service stops routing to the pod
+     and the requests in flight finish (both runtimes' images have sleep). */}}
+{{- define "ic.preStop" -}}
+lifecycle:
+  preStop:
+    exec:
+      command: ["sleep", "{{ .Values.shutdown.drainSeconds }}"]
 {{- end -}}
