@@ -136,8 +136,19 @@ def call(runner: PodRunner, protocol: str, port: int, model: str, batch: list[by
     raise PodRunError(f"unknown protocolVersion {protocol}")
 
 
+def cgroup_limits(runner: PodRunner) -> tuple[float, int]:
+    """(cpus, memory bytes) the container's cgroup enforces, cgroup v1 or v2."""
+    out = runner.exec("sh", "-c", "cat /sys/fs/cgroup/cpu.max /sys/fs/cgroup/memory.max 2>/dev/null || "
+                                  "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us "
+                                  "/sys/fs/cgroup/memory/memory.limit_in_bytes").stdout.split()
+    if len(out) == 3 and not out[0].isdigit():  # v2: "max 100000" or "200000 100000", then memory.max
+        return (float("inf") if out[0] == "max" else int(out[0]) / int(out[1])), int(out[2])
+    return int(out[0]) / int(out[1]), int(out[2])
+
+
 def assert_security_context_in_force(runner: PodRunner) -> None:
-    """What the securityContext declares, read back from inside the running container."""
+    """What the securityContext and the resource limits declare, read back from inside the running
+    container."""
     pod_spec = runner.pod_spec
     sc = security_context(pod_spec, runner.container())
     proc = runner.exec("sh", "-c", "id -u; id -G; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status;"
@@ -155,6 +166,8 @@ def assert_security_context_in_force(runner: PodRunner) -> None:
         assert re.search(r"^Seccomp:\s+2$", out, re.M), out  # 2 = a seccomp filter is in force
     if sc["readOnlyRootFilesystem"]:
         assert "Read-only file system" in out and "touch-exit=0" not in out, out
+    limits = runner.container()["resources"]["limits"]
+    assert cgroup_limits(runner) == (quantity(limits["cpu"], cpu=True), quantity(limits["memory"])), limits
     volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
     for mount in runner.container().get("volumeMounts", []):
         size = (volumes[mount["name"]].get("emptyDir") or {}).get("sizeLimit")
