@@ -303,23 +303,26 @@ def run_until_answer(pod: PodRunner, objs, name: str, image: bytes) -> None:
         call(pod, protocol, port, name, [image])
 
 
-@pytest.mark.integration
-def test_a_path_needing_a_writable_root_fails_with_the_containers_log(runtime_images, claim_root, inputs, tmp_path):
+def drop_tmp(c: dict) -> None:
     """Without the /tmp emptyDir, TorchServe must unpack archives onto the read-only root."""
-    def drop_tmp(c):
-        c["volumeMounts"] = [m for m in c["volumeMounts"] if m["mountPath"] != "/tmp"]
-    pod = broken_pod(claim_root, tmp_path, None, MODEL_NAME, drop_tmp)
-    with pytest.raises(PodRunError, match=r"(?s)exited.*its log:.*No usable temporary directory"):
-        run_until_answer(pod, render(None), MODEL_NAME, inputs[MODEL_NAME][0])
+    c["volumeMounts"] = [m for m in c["volumeMounts"] if m["mountPath"] != "/tmp"]
+
+
+def curl_probe(c: dict) -> None:
+    """A startup probe whose command the image does not have."""
+    c["startupProbe"] = {"exec": {"command": ["curl", "-f", "http://127.0.0.1:8081/ping"]},
+                         "periodSeconds": 1, "failureThreshold": 3, "timeoutSeconds": 5}
 
 
 @pytest.mark.integration
-def test_a_probe_command_missing_from_the_image_fails(runtime_images, claim_root, inputs, tmp_path):
-    def curl_probe(c):
-        c["startupProbe"] = {"exec": {"command": ["curl", "-f", "http://127.0.0.1:8081/ping"]},
-                             "periodSeconds": 1, "failureThreshold": 3, "timeoutSeconds": 5}
-    pod = broken_pod(claim_root, tmp_path, None, MODEL_NAME, curl_probe)
-    with pytest.raises(PodRunError, match=r"(?s)startupProbe failed 3 times.*curl.*not found.*its log:"):
+@pytest.mark.parametrize("mutate, message", [
+    (drop_tmp, r"(?s)exited.*its log:.*No usable temporary directory"),
+    (curl_probe, r"(?s)startupProbe failed 3 times.*curl.*not found.*its log:"),
+], ids=["no-writable-tmp", "probe-command-missing"])
+def test_a_container_that_cannot_start_fails_with_its_log(mutate, message, runtime_images, claim_root, inputs,
+                                                          tmp_path):
+    pod = broken_pod(claim_root, tmp_path, None, MODEL_NAME, mutate)
+    with pytest.raises(PodRunError, match=message):
         run_until_answer(pod, render(None), MODEL_NAME, inputs[MODEL_NAME][0])
 
 

@@ -5,8 +5,10 @@ securityContext, volumes and resources, and the spec's startup, readiness and li
 for real (exec inside the container, httpGet/tcpSocket against the container's port).
 
 What has no local equivalent is said where it is handled: ports are published on 127.0.0.1 (a
-pod's IP is not reachable here), persistentVolumeClaim volumes are host folders the caller names,
-resource requests other than cpu have no effect without a scheduler."""
+pod's IP is not reachable here), persistentVolumeClaim volumes are host folders the caller names.
+Resources: limits.cpu is a CFS quota (--cpus), limits.memory the memory cgroup's limit, requests.cpu
+cpu shares, as the kubelet sets them; requests.memory only steers a scheduler and ephemeral-storage
+is enforced by kubelet eviction, so neither has an effect here."""
 from __future__ import annotations
 
 import json
