@@ -24,7 +24,7 @@ setup:  ## install system packages (Java, Fashion-MNIST, chromium) and the virtu
 demo: setup  ## train → evaluate → archive → serve → predict → metrics → stop
 	$(PY) -m scripts.demo --data-dir $(DATA) --run-dir $(RUN_DIR) --model-name $(MODEL)
 
-test: setup images cluster-build  ## run the test suite (unit + real TorchServe + the chart's pods from their images + a real control plane)
+test: setup images cluster-build kserve-build  ## run the test suite (unit + real TorchServe + the chart's pods from their images + a real control plane with KServe)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 train: setup  ## train the quick Fashion-MNIST recipe into $(RUN_DIR)
@@ -159,3 +159,14 @@ cluster-stop: setup  ## stop the control plane of `make cluster` (CLUSTER_STOP_A
 
 cluster-status: setup  ## is `make cluster`'s control plane healthy? (PIDs, ports, memory)
 	$(PY) -m scripts.cluster status
+
+# --- Real Kubernetes, tier 2 (KServe's controller manager built from its module): scripts/cluster/kserve.py
+.PHONY: kserve-build kserve-start kserve-stop
+kserve-build: setup  ## build KServe v0.20.0's controller manager from its Go module into ~/.cache (once: minutes)
+	$(PY) -m scripts.cluster kserve-build $(KSERVE_BUILD_ARGS)
+
+kserve-start: setup  ## KServe's manager (CRDs, inferenceservice-config, webhooks on loopback) into `make cluster`'s control plane
+	$(PY) -m scripts.cluster kserve-start
+
+kserve-stop: setup  ## stop KServe's manager of `make kserve-start` and remove its webhook configurations
+	$(PY) -m scripts.cluster kserve-stop

@@ -120,6 +120,7 @@ def predictor_pod(objs, isvc: dict) -> dict:
     spec = copy.deepcopy(predictor_deployment(objs, isvc)["spec"]["template"]["spec"])
     uri = isvc["spec"]["predictor"]["model"]["storageUri"]
     container = spec["containers"][0]
+    container.setdefault("env", []).append({"name": "INFERENCE_SERVICE_NAME", "value": isvc["metadata"]["name"]})
     if uri.startswith("oci://"):
         return add_modelcar(spec, uri.removeprefix("oci://"))
     m = re.fullmatch(r"pvc://([^/]+)/?(.*)", uri)
@@ -134,25 +135,31 @@ def predictor_pod(objs, isvc: dict) -> dict:
 
 MODELCAR_VOLUME = "kserve-provision-location"
 MODELCAR_RESOURCES = {"cpu": "10m", "memory": "15Mi"}  # CpuModelcarDefault, MemoryModelcarDefault
+UID_MODELCAR = 1010  # inferenceservice-config storageInitializer.uidModelcar, KServe's default
 
 
 def add_modelcar(spec: dict, image: str) -> dict:
     """KServe's ConfigureModelcarToContainer: an emptyDir at /mnt in the runtime and a modelcar
     sidecar that links its own /models there through /proc (so shareProcessNamespace), an init
-    container that checks /models first, and MODEL_INIT_MODE=async for the runtime. `$$$$` is
-    KServe's text: the kubelet's expansion makes it the shell's `$$`."""
+    container that checks /models first, MODEL_INIT_MODE=async for the runtime, and the runtime and
+    the sidecar as one uid (uidModelcar) so that the runtime may read the sidecar's root. `$$$$` is
+    KServe's text: the kubelet's expansion makes it the shell's `$$`. Checked against the real
+    controller's pods by tests/test_kserve_controller.py."""
     parent = KSERVE_MODEL_MOUNT.rsplit("/", 1)[0]
     container = spec["containers"][0]
     container.setdefault("env", []).append({"name": "MODEL_INIT_MODE", "value": "async"})
+    container.setdefault("securityContext", {})["runAsUser"] = UID_MODELCAR
     container.setdefault("volumeMounts", []).append({"name": MODELCAR_VOLUME, "mountPath": parent, "readOnly": False})
     spec.setdefault("volumes", []).append({"name": MODELCAR_VOLUME, "emptyDir": {}})
     resources = {"limits": dict(MODELCAR_RESOURCES), "requests": dict(MODELCAR_RESOURCES)}
     spec["containers"].append({
         "name": "modelcar", "image": image, "resources": resources,
+        "securityContext": {"runAsUser": UID_MODELCAR}, "terminationMessagePolicy": "FallbackToLogsOnError",
         "args": ["sh", "-c", f"ln -sf /proc/$$$$/root/models {KSERVE_MODEL_MOUNT} && sleep infinity"],
         "volumeMounts": [{"name": MODELCAR_VOLUME, "mountPath": parent, "readOnly": False}]})
     spec.setdefault("initContainers", []).append({
         "name": "modelcar-init", "image": image, "resources": resources,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "args": ["sh", "-c", f"echo 'Pre-fetching modelcar {image}: ' && [ -d /models ] && "
                              "[ \"$$(ls -A /models)\" ] && echo 'OK ... Prefetched and valid (/models exists)' || "
                              "(echo 'NOK ... Prefetched but modelcar is invalid (/models does not exist or is empty)' "
