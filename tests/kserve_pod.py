@@ -123,13 +123,34 @@ def predictor_pod(objs, isvc: dict) -> dict:
     container.setdefault("env", []).append({"name": "INFERENCE_SERVICE_NAME", "value": isvc["metadata"]["name"]})
     if uri.startswith("oci://"):
         return add_modelcar(spec, uri.removeprefix("oci://"))
+    if uri.startswith(("s3://", "gs://")):
+        return add_storage_initializer(spec, uri)
     m = re.fullmatch(r"pvc://([^/]+)/?(.*)", uri)
     if not m:
-        raise PodCheckError(f"{uri}: only pvc:// and oci:// storage run locally")
+        raise PodCheckError(f"{uri}: only pvc://, s3://, gs:// and oci:// storage are emulated")
     claim, path = m.groups()
     spec.setdefault("volumes", []).append({"name": PVC_VOLUME, "persistentVolumeClaim": {"claimName": claim}})
     container.setdefault("volumeMounts", []).append(
         {"name": PVC_VOLUME, "mountPath": KSERVE_MODEL_MOUNT, "subPath": path, "readOnly": True})
+    return spec
+
+
+STORAGE_INITIALIZER_IMAGE = "kserve/storage-initializer:v0.20.0"  # the tag our inferenceservice-config sets
+STORAGE_INITIALIZER_RESOURCES = {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "100m", "memory": "100Mi"}}
+
+
+def add_storage_initializer(spec: dict, uri: str) -> dict:
+    """KServe's storage initializer for object storage: an init container that downloads `uri`
+    into an emptyDir, which the runtime mounts read-only at /mnt/models. Its credential variables
+    (from the storage Secret, by KServe's credential builder) are not emulated: the local stand-in
+    reads no object store (tests/test_pods.py)."""
+    spec.setdefault("volumes", []).append({"name": MODELCAR_VOLUME, "emptyDir": {}})
+    spec["containers"][0].setdefault("volumeMounts", []).append(
+        {"name": MODELCAR_VOLUME, "mountPath": KSERVE_MODEL_MOUNT, "readOnly": True})
+    spec.setdefault("initContainers", []).append({
+        "name": "storage-initializer", "image": STORAGE_INITIALIZER_IMAGE, "args": [uri, KSERVE_MODEL_MOUNT],
+        "resources": copy.deepcopy(STORAGE_INITIALIZER_RESOURCES), "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": MODELCAR_VOLUME, "mountPath": KSERVE_MODEL_MOUNT}]})
     return spec
 
 

@@ -290,13 +290,17 @@ def test_default_models_standard_mode_pvc():
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
-def test_a_modelcar_namespace_enforces_baseline_and_warns_restricted():
-    """KServe's modelcar containers do not meet "restricted" (tests/test_kserve_controller.py shows
-    the real refusal); every other namespace of the chart enforces it."""
-    labels = one(render("modelcar-values.yaml"), "Namespace", "image-classifier")["metadata"]["labels"]
+@pytest.mark.parametrize("values", ["modelcar-values.yaml", "s3-servicemonitor-values.yaml"])
+def test_a_namespace_with_injected_storage_containers_enforces_baseline(values):
+    """The containers KServe injects for oci:// and s3:// do not meet "restricted"
+    (tests/test_kserve_controller.py shows the real refusal); pvc:// namespaces enforce it."""
+    labels = one(render(values, "namespace.create=true"), "Namespace", "image-classifier")["metadata"]["labels"]
     assert {k: v for k, v in labels.items() if k.startswith("pod-security")} == {
         "pod-security.kubernetes.io/enforce": "baseline", "pod-security.kubernetes.io/warn": "restricted",
         "pod-security.kubernetes.io/audit": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
+
+
+def test_a_namespace_with_only_claims_enforces_restricted():
     for values in (None, "v2-values.yaml", "grpc-v2-values.yaml"):
         ns = one(render(values), "Namespace", "image-classifier")
         assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"

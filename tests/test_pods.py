@@ -14,7 +14,8 @@ A KServe modelcar (oci:// storage) runs as KServe's webhook lays it out: its ini
 sidecar, the shared process namespace, and predictions through it.
 
 Boundaries: the GPU values file needs an nvidia.com/gpu device (none here); s3:// storage needs an
-object store (none here); the pod IP is not reachable, so ports are published on 127.0.0.1.
+object store (none here: KServe's storage initializer is replaced by a copy from a local folder,
+`object_store_stand_in`); the pod IP is not reachable, so ports are published on 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from scripts import archive, clients, images, modelcar
+from scripts.containers import base_images
 from scripts.containers.engine import detect
 from scripts.monitoring.names import PREDICTIONS
 from scripts.containers.pod import PodRunError, PodRunner, quantity, security_context
@@ -52,13 +54,13 @@ def family(name: str) -> str:
 
 
 def pod_cases() -> list[tuple[str | None, str]]:
-    """(values file, InferenceService) for every distinct predictor pod whose storage exists here."""
+    """(values file, InferenceService) for every distinct predictor pod."""
     seen, cases = set(), []
     for values in NO_GPU_VALUES:
         objs = render(values)
         for isvc in of_kind(objs, "InferenceService"):
-            if not isvc["spec"]["predictor"]["model"]["storageUri"].startswith("pvc://"):
-                continue  # oci:// runs in the modelcar test below; s3:// needs an object store
+            if isvc["spec"]["predictor"]["model"]["storageUri"].startswith("oci://"):
+                continue  # runs in the modelcar test below
             key = json.dumps([predictor_pod(objs, isvc), isvc["spec"]["predictor"]["model"]["protocolVersion"],
                               isvc["metadata"], sorted(metrics_ports(objs, isvc))], sort_keys=True)
             if key not in seen:
@@ -83,7 +85,8 @@ def runtime_images() -> dict[str, str]:
 def claim_root(trained, imagenet_checkpoint, tmp_path_factory) -> Path:
     """The model claim after the upload step NOTES.txt describes: for every InferenceService of
     the values files, `python -m scripts.archive --model-name <name> --out build/k8s/<path>` then
-    `kubectl cp build/k8s/<path> <pod>:/models/<path>`, <path> being its storageUri's path."""
+    `kubectl cp build/k8s/<path> <pod>:/models/<path>`, <path> being its storageUri's path; s3://
+    layouts go to <root>/object-store/<bucket>/<path>, the object store's stand-in."""
     root = tmp_path_factory.mktemp("claim")
     checkpoints = {MODEL_NAME: trained, IMAGENET_NAME: imagenet_checkpoint}
     layouts = {}
@@ -92,6 +95,8 @@ def claim_root(trained, imagenet_checkpoint, tmp_path_factory) -> Path:
             uri = isvc["spec"]["predictor"]["model"]["storageUri"]
             if uri.startswith("pvc://"):
                 layouts[uri.split("/", 3)[3]] = isvc["metadata"]["name"]
+            elif uri.startswith(("s3://", "gs://")):
+                layouts[f"{OBJECT_STORE}/{uri.split('://', 1)[1]}"] = isvc["metadata"]["name"]
     for path, name in sorted(layouts.items()):
         archive.archive(checkpoints[family(name)], root / path, name)
     return root
@@ -106,13 +111,36 @@ def inputs(samples) -> dict[str, tuple[bytes, set[str]]]:
             IMAGENET_NAME: (png_bytes(Image.fromarray(skdata.chelsea())), CAT)}
 
 
+OBJECT_STORE = "object-store"  # the stand-in's claim: a folder laid out as <bucket>/<path>
+
+
+def object_store_stand_in(spec: dict) -> dict:
+    """The one stand-in for a boundary that cannot exist here, an object store: KServe's
+    storage-initializer init container (its image downloads s3://<bucket>/<path> into the pod's
+    emptyDir) becomes a busybox copy of <bucket>/<path> from a local folder. The emptyDir, the
+    runtime's read-only mount of it at /mnt/models and everything else stay as KServe lays them out."""
+    spec = copy.deepcopy(spec)
+    for c in spec.get("initContainers", []):
+        if c["name"] != "storage-initializer":
+            continue
+        uri, dest = c["args"]
+        c.pop("env", None)  # credentials for an object store that is not there
+        c["image"] = base_images.busybox(detect())
+        c["args"] = ["sh", "-c", f"cp -R /{OBJECT_STORE}/{uri.split('://', 1)[1]}/. {dest}/"]
+        c["volumeMounts"].append({"name": OBJECT_STORE, "mountPath": f"/{OBJECT_STORE}", "readOnly": True})
+        spec["volumes"].append({"name": OBJECT_STORE, "persistentVolumeClaim": {"claimName": OBJECT_STORE}})
+    return spec
+
+
 def runner_for(objs, name: str, claim_root: Path, tmp_path: Path, spec: dict | None = None) -> PodRunner:
     isvc = one(objs, "InferenceService", name)
-    claims = {c: claim_root for c in {v["persistentVolumeClaim"]["claimName"]
-                                      for v in predictor_pod(objs, isvc)["volumes"] if "persistentVolumeClaim" in v}}
-    return PodRunner(spec or predictor_pod(objs, isvc), name, claims=claims,
-                     extra_ports=tuple(sorted(metrics_ports(objs, isvc))), max_probe_period=PROBE_PERIOD_S,
-                     log_dir=tmp_path / "logs")
+    spec = object_store_stand_in(spec or predictor_pod(objs, isvc))
+    claims = {v["persistentVolumeClaim"]["claimName"]: claim_root for v in spec.get("volumes", [])
+              if "persistentVolumeClaim" in v}
+    if OBJECT_STORE in claims:
+        claims[OBJECT_STORE] = claim_root / OBJECT_STORE
+    return PodRunner(spec, name, claims=claims, extra_ports=tuple(sorted(metrics_ports(objs, isvc))),
+                     max_probe_period=PROBE_PERIOD_S, log_dir=tmp_path / "logs")
 
 
 def routed_port(objs, name: str) -> tuple[str, int]:
@@ -404,7 +432,6 @@ def test_a_modelcar_without_the_model_fails_its_init_check(runtime_images, claim
     """An image whose /models is missing stops at KServe's modelcar-init check, with its message."""
     objs = render("modelcar-values.yaml")
     spec = predictor_pod(objs, one(objs, "InferenceService", MODEL_NAME))
-    from scripts.containers import base_images
     empty = base_images.busybox(detect())
     for c in [*spec["initContainers"], spec["containers"][1]]:
         c["image"] = empty
