@@ -24,7 +24,7 @@ setup:  ## install system packages (Java, Fashion-MNIST, chromium) and the virtu
 demo: setup  ## train → evaluate → archive → serve → predict → metrics → stop
 	$(PY) -m scripts.demo --data-dir $(DATA) --run-dir $(RUN_DIR) --model-name $(MODEL)
 
-test: setup images cluster-build kserve-build  ## run the test suite (unit + real TorchServe + the chart's pods from their images + a real control plane with KServe)
+test: setup images cluster-build kserve-build node-prometheus-build  ## run the test suite (unit + real TorchServe + the chart's pods from their images + a real control plane with KServe)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 train: setup  ## train the quick Fashion-MNIST recipe into $(RUN_DIR)
@@ -170,3 +170,23 @@ kserve-start: setup  ## KServe's manager (CRDs, inferenceservice-config, webhook
 
 kserve-stop: setup  ## stop KServe's manager of `make kserve-start` and remove its webhook configurations
 	$(PY) -m scripts.cluster kserve-stop
+
+# --- Real Kubernetes, tier 3 (a Node: Debian's containerd + runc + CNI, the kubelet): scripts/cluster/node.py
+.PHONY: node-start node-stop node-status node-import node-test node-prometheus-build
+node-start: setup  ## containerd (build/cluster/containerd) + the kubelet registered with `make cluster`'s control plane
+	$(PY) -m scripts.cluster.node start
+
+node-stop: setup  ## stop the kubelet and containerd of `make node-start` (unmounts, restores the kernel tunables)
+	$(PY) -m scripts.cluster.node stop
+
+node-status: setup  ## kubelet and containerd PIDs and the Node's Ready condition
+	$(PY) -m scripts.cluster.node status
+
+node-import: setup  ## podman images -> containerd (IMAGES="registry.example.com/image-classifier/torchserve:0.1.0 ...")
+	$(PY) -m scripts.cluster.node import $(IMAGES)
+
+node-test: setup images cluster-build kserve-build node-prometheus-build  ## tier 3 tests: a Node, our images in containerd, the chart's InferenceServices Ready and predicting
+	$(PY) -m pytest tests/test_cluster_node.py -m integration -v -s
+
+node-prometheus-build: setup  ## upstream Prometheus with kubernetes_sd_configs (Debian's has none) from its Go module into ~/.cache (once: minutes)
+	$(PY) -m scripts.cluster.node prometheus-build

@@ -58,8 +58,11 @@ say "chromium at $CHROMIUM: ok"
 # --- containers (make images, tests/test_pods.py): Debian's podman, run rootful with runc -----------
 # crun refuses this kind of machine's hybrid cgroups, so runc; catatonit, netavark and aardvark-dns
 # back podman's pods and their network; debootstrap builds the base image from Debian's packages
-# where no image registry is reachable; busybox-static is the base of modelcar images.
-container_pkgs=(podman runc catatonit conmon netavark aardvark-dns iptables containernetworking-plugins debootstrap busybox-static)
+# where no image registry is reachable; busybox-static is the base of modelcar images. containerd
+# (with runc and the CNI plugins) is the runtime of the local cluster's node, gcc builds its pause
+# image (scripts/cluster/node.py).
+container_pkgs=(podman runc catatonit conmon netavark aardvark-dns iptables containernetworking-plugins debootstrap busybox-static
+                containerd gcc iproute2)
 missing_pkgs=()
 for pkg in "${container_pkgs[@]}"; do
   dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing_pkgs+=("$pkg")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 GO_DIR = Path(__file__).resolve().parent / "go"
 SOURCES = ("go.mod", "go.sum", "main.go")
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
 BINARY = "cluster"
 # KServe's release, the same as ../shared/crds; its module is the source of its other CRDs.
 KSERVE_MODULE = "github.com/kserve/kserve"
@@ -143,7 +143,7 @@ def build(force: bool = False) -> Path:
         if is_built() and not force:
             return target
         version = kubernetes_version()
-        log(f"building Kubernetes {version} (kube-apiserver, kube-controller-manager, "
+        log(f"building Kubernetes {version} (kube-apiserver, kube-controller-manager, kubelet, "
             f"kube-scheduler) and etcd {etcd_version()} from their Go modules into {target}; "
             "the first build takes many minutes on 2 cores (later starts reuse it)")
         start = time.monotonic()

@@ -1,6 +1,6 @@
 // Command cluster is one multi-call binary for a local Kubernetes control plane:
-// etcd, kube-apiserver, kube-controller-manager and kube-scheduler, each taken from its
-// upstream module at the release pinned in go.mod. Linking the four into one binary builds
+// etcd, kube-apiserver, kube-controller-manager, kube-scheduler and the kubelet, each taken from its
+// upstream module at the release pinned in go.mod. Linking them into one binary builds
 // the shared dependencies once and links once.
 //
 // The component is chosen by the name the binary is called by (a symlink named
@@ -12,6 +12,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,6 +29,7 @@ import (
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 // cobraMain runs one of Kubernetes' cobra commands the way its upstream main does.
@@ -40,6 +42,10 @@ var components = map[string]func() int{
 	"kube-controller-manager": cobraMain(controllermanager.NewControllerManagerCommand),
 	"kube-scheduler": cobraMain(func() *cobra.Command {
 		return scheduler.NewSchedulerCommand()
+	}),
+	// The node agent (scripts/cluster/node.py), as upstream's cmd/kubelet main.
+	"kubelet": cobraMain(func() *cobra.Command {
+		return kubelet.NewKubeletCommand(context.Background())
 	}),
 	"etcd": func() int {
 		etcdmain.Main(os.Args) // exits by itself
