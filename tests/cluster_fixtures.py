@@ -89,3 +89,14 @@ def crds(plane):
                     for crd in items]
         assert time.monotonic() < deadline, f"CRDs not Established after 120 s: {pending}"
         time.sleep(0.5)
+
+
+def wait_for(what: str, fn, timeout: float = 90, every: float = 0.5):
+    """Poll `fn` until it returns something truthy (returned), failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not there after {timeout:.0f} s"
+        time.sleep(every)

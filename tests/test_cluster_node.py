@@ -39,7 +39,7 @@ from scripts.cluster import node as node_mod
 from scripts.cluster.control_plane import ClusterError
 from scripts.monitoring.prometheus import Prometheus
 from scripts.process import free_ports
-from tests.cluster_fixtures import CHART, CRDS, crds, helm, kubectl, missing, plane  # noqa: F401
+from tests.cluster_fixtures import CHART, CRDS, crds, helm, kubectl, missing, plane, wait_for  # noqa: F401
 from scripts import clients
 from tests.kserve_pod import of_kind, render, serving_port
 from tests.test_pods import claim_root, family, inputs, runtime_images  # noqa: F401
@@ -50,16 +50,6 @@ NS = "image-classifier"  # the chart's default namespace
 CLAIM = "image-classifier-models"
 READY_S = 600
 MODELS = [i["metadata"]["name"] for i in of_kind(render(None), "InferenceService")]
-
-
-def wait_for(what: str, fn, timeout: float, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not there after {timeout:.0f} s"
-        time.sleep(every)
 
 
 def get(plane, kind: str, name: str, ns: str | None = None) -> dict | None:

@@ -30,7 +30,7 @@ import pytest
 from scripts.cluster import build
 from scripts.cluster import kserve as kserve_mod
 from scripts.containers.pod import PodRunner
-from tests.cluster_fixtures import CHART, ROOT, crds, helm, kubectl, missing, plane  # noqa: F401
+from tests.cluster_fixtures import CHART, ROOT, crds, helm, kubectl, missing, plane, wait_for  # noqa: F401
 from tests.kserve_pod import (metrics_ports, of_kind, one, predictor_pod, render,
                               serving_port)
 from tests.test_pods import (PROBE_PERIOD_S, READY_S, call, claim_root, family,  # noqa: F401
@@ -67,16 +67,6 @@ def storage(values, name) -> str:
 def get(plane, kind: str, name: str, ns: str, check: bool = True) -> dict | None:
     proc = kubectl(plane, "get", kind, name, "-n", ns, "-o", "json", check=check)
     return json.loads(proc.stdout) if proc.returncode == 0 else None
-
-
-def wait_for(what: str, fn, timeout: float = 90, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not there after {timeout:.0f} s"
-        time.sleep(every)
 
 
 # --- without a server ----------------------------------------------------------------------------
