@@ -39,6 +39,18 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def process_names(pid: int, *markers: str) -> bool:
+    """Is `pid` alive and does its command line contain every marker (e.g. its state folder)? A
+    PID file may outlive its process and the PID be reused by another."""
+    if not process_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return all(m in cmdline for m in markers)
+
+
 def read_pid(pid_file: Path) -> int | None:
     try:
         return int(Path(pid_file).read_text().strip())

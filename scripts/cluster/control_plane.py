@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from scripts.cluster import build, certs
-from scripts.process import free_ports, process_alive, stop_process_group
+from scripts.process import free_ports, process_names, stop_process_group
 
 # Fixed ports of `make cluster` (the usual ones); tests take free ports instead.
 DEFAULT_PORTS = {"etcd": 2379, "etcd-peer": 2380, "kube-apiserver": 6443,
@@ -89,13 +89,7 @@ class ControlPlane:
 
     def owns(self, pid: int) -> bool:
         """Is `pid` alive and one of ours (its command line names this state folder)?"""
-        if not process_alive(pid):
-            return False
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            return False
-        return str(self.dir) in cmdline
+        return process_names(pid, str(self.dir))
 
     def running(self) -> dict[str, int]:
         state = self.load()

@@ -52,7 +52,7 @@ import yaml
 
 from scripts.cluster import build, certs
 from scripts.cluster.control_plane import ControlPlane, port_taken
-from scripts.process import free_ports, process_alive, stop_process_group
+from scripts.process import free_ports, process_names, stop_process_group
 
 MODULE = build.KSERVE_MODULE
 VERSION = build.KSERVE_VERSION
@@ -286,14 +286,7 @@ class KServe:
 
     def running(self) -> int | None:
         state = self.load()
-        if state and state.pid and process_alive(state.pid):
-            try:
-                cmdline = Path(f"/proc/{state.pid}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                return None
-            if str(self.plane.dir) in cmdline and BINARY in cmdline:
-                return state.pid
-        return None
+        return state.pid if state and state.pid and process_names(state.pid, str(self.plane.dir), BINARY) else None
 
     # --- kubectl ------------------------------------------------------------------------------
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True,

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from scripts.cluster import build, certs
 from scripts.cluster.control_plane import ClusterError, ControlPlane
-from scripts.process import free_ports, process_alive, stop_process_group
+from scripts.process import free_ports, process_names, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERD_DIR = Path(os.environ.get("CLUSTER_CONTAINERD_DIR") or ROOT / "build" / "cluster" / "containerd")
@@ -164,13 +164,7 @@ oom_score = 0
             pid = int(self.pid_file.read_text())
         except (FileNotFoundError, ValueError):
             return None
-        if not process_alive(pid):
-            return None
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            return None
-        return pid if str(self.config) in cmd else None
+        return pid if process_names(pid, str(self.config)) else None
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
         proc = subprocess.run([which("ctr", "containerd"), f"--address={self.socket}",
@@ -472,13 +466,7 @@ class Node:
 
     def pid(self) -> int | None:
         pid = self.load().get("pid")
-        if pid and process_alive(pid):
-            try:
-                if str(self.dir) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-                    return pid
-            except OSError:
-                pass
-        return None
+        return pid if pid and process_names(pid, str(self.dir)) else None
 
     def prepare(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
