@@ -24,7 +24,7 @@ setup:  ## install system packages (Java, Fashion-MNIST, chromium) and the virtu
 demo: setup  ## train → evaluate → archive → serve → predict → metrics → stop
 	$(PY) -m scripts.demo --data-dir $(DATA) --run-dir $(RUN_DIR) --model-name $(MODEL)
 
-test: setup images cluster-build kserve-build node-prometheus-build  ## run the test suite (unit + real TorchServe + the chart's pods from their images + a real control plane with KServe)
+test: setup images storage-initializer cluster-build kserve-build node-prometheus-build  ## run the test suite (unit + real TorchServe + the chart's pods from their images + a real control plane with KServe)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 train: setup  ## train the quick Fashion-MNIST recipe into $(RUN_DIR)
@@ -161,9 +161,12 @@ cluster-status: setup  ## is `make cluster`'s control plane healthy? (PIDs, port
 	$(PY) -m scripts.cluster status
 
 # --- Real Kubernetes, tier 2 (KServe's controller manager built from its module): scripts/cluster/kserve.py
-.PHONY: kserve-build kserve-start kserve-stop
+.PHONY: kserve-build kserve-start kserve-stop storage-initializer
 kserve-build: setup  ## build KServe v0.20.0's controller manager from its Go module into ~/.cache (once: minutes)
 	$(PY) -m scripts.cluster kserve-build $(KSERVE_BUILD_ARGS)
+
+storage-initializer: setup  ## KServe v0.20.0's storage-initializer image from PyPI's kserve-storage (podman; cached by its recipe)
+	$(PY) -m scripts.cluster.storage_initializer --build
 
 kserve-start: setup  ## KServe's manager (CRDs, inferenceservice-config, webhooks on loopback) into `make cluster`'s control plane
 	$(PY) -m scripts.cluster kserve-start
@@ -185,7 +188,7 @@ node-status: setup  ## kubelet and containerd PIDs and the Node's Ready conditio
 node-import: setup  ## podman images -> containerd (IMAGES="registry.example.com/image-classifier/torchserve:0.1.0 ...")
 	$(PY) -m scripts.cluster.node import $(IMAGES)
 
-node-test: setup images cluster-build kserve-build node-prometheus-build  ## tier 3 tests: a Node, our images in containerd, the chart's InferenceServices Ready and predicting
+node-test: setup images storage-initializer cluster-build kserve-build node-prometheus-build  ## tier 3 tests: a Node, our images in containerd, the chart's InferenceServices Ready and predicting
 	$(PY) -m pytest tests/test_cluster_node.py -m integration -v -s
 
 node-prometheus-build: setup  ## upstream Prometheus with kubernetes_sd_configs (Debian's has none) from its Go module into ~/.cache (once: minutes)

@@ -74,7 +74,7 @@ helm install kube-prometheus-stack prometheus-community/kube-prometheus-stack --
 say "4/9 KServe $KSERVE_VERSION, Standard mode (Deployments + HPA, no Knative)"
 helm install kserve-crd oci://ghcr.io/kserve/charts/kserve-crd --version "$KSERVE_VERSION" \
   --namespace kserve --create-namespace --wait
-helm install kserve oci://ghcr.io/kserve/charts/kserve --version "$KSERVE_VERSION" --namespace kserve \
+helm install kserve-resources oci://ghcr.io/kserve/charts/kserve-resources --version "$KSERVE_VERSION" --namespace kserve \
   --set kserve.controller.deploymentMode=Standard --wait --timeout "$TIMEOUT"
 
 say "5/9 runtime images (scripts/images.py: names from values.yaml) into the kind node"

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from scripts.cluster import build
+from scripts.cluster import kserve as kserve_mod
 from scripts.cluster.control_plane import ControlPlane, pick_free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +75,12 @@ def crds(plane):
     if not CRDS.is_dir():
         missing(f"no CRD folder {CRDS}: set CRDS_DIR to a folder with the KServe and "
                 "prometheus-operator CRDs")
+    # ../shared/crds has no ClusterStorageContainer (the chart makes one for s3:// and gs://
+    # models): its CRD from the kserve module of the same release
+    storage_container = next(p for p in kserve_mod.crds(kserve_mod.source())
+                             if p.name == "serving.kserve.io_clusterstoragecontainers.yaml")
     kubectl(plane, "apply", "--server-side", "--field-manager=test-cluster",
-            "-f", str(CRDS / "kserve"), "-f", str(CRDS / "prometheus-operator"))
+            "-f", str(CRDS / "kserve"), "-f", str(CRDS / "prometheus-operator"), "-f", str(storage_container))
     # Polled here: `kubectl wait` errors out (instead of waiting) on a CRD whose status has no
     # conditions yet, right after the apply.
     deadline = time.monotonic() + 120

@@ -24,7 +24,7 @@ MERGED_FIELDS = {"ports", "env", "args", "resources"}
 # predictor fields that configure KServe itself, not the pod spec.
 COMPONENT_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "canaryTrafficPercent",
                     "containerConcurrency", "timeout", "batcher", "logger", "labels", "annotations",
-                    "deploymentStrategy", "autoScaling", "model"}
+                    "deploymentStrategy", "autoScaling", "model", "storageContainerName"}
 
 
 class PodCheckError(AssertionError):
@@ -124,7 +124,7 @@ def predictor_pod(objs, isvc: dict) -> dict:
     if uri.startswith("oci://"):
         return add_modelcar(spec, uri.removeprefix("oci://"))
     if uri.startswith(("s3://", "gs://")):
-        return add_storage_initializer(spec, uri)
+        return add_storage_initializer(spec, uri, storage_container(objs, isvc))
     m = re.fullmatch(r"pvc://([^/]+)/?(.*)", uri)
     if not m:
         raise PodCheckError(f"{uri}: only pvc://, s3://, gs:// and oci:// storage are emulated")
@@ -139,18 +139,29 @@ STORAGE_INITIALIZER_IMAGE = "kserve/storage-initializer:v0.20.0"  # the tag our 
 STORAGE_INITIALIZER_RESOURCES = {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "100m", "memory": "100Mi"}}
 
 
-def add_storage_initializer(spec: dict, uri: str) -> dict:
+def storage_container(objs, isvc: dict) -> dict | None:
+    """The ClusterStorageContainer the predictor names (predictor.storageContainerName), if any."""
+    name = isvc["spec"]["predictor"].get("storageContainerName")
+    return one(objs, "ClusterStorageContainer", name)["spec"]["container"] if name else None
+
+
+def add_storage_initializer(spec: dict, uri: str, patch: dict | None = None) -> dict:
     """KServe's storage initializer for object storage: an init container that downloads `uri`
-    into an emptyDir, which the runtime mounts read-only at /mnt/models. Its credential variables
-    (from the storage Secret, by KServe's credential builder) are not emulated: the local stand-in
-    reads no object store (tests/test_pods.py)."""
+    into an emptyDir, which the runtime mounts read-only at /mnt/models; the container of a
+    ClusterStorageContainer named by the predictor is merged over it (storage_initializer_injector.go,
+    MergeContainerWithPatch: its image, securityContext, resources...). Its credential variables
+    (from the storage Secret, by KServe's credential builder) are not emulated."""
     spec.setdefault("volumes", []).append({"name": MODELCAR_VOLUME, "emptyDir": {}})
     spec["containers"][0].setdefault("volumeMounts", []).append(
         {"name": MODELCAR_VOLUME, "mountPath": KSERVE_MODEL_MOUNT, "readOnly": True})
-    spec.setdefault("initContainers", []).append({
-        "name": "storage-initializer", "image": STORAGE_INITIALIZER_IMAGE, "args": [uri, KSERVE_MODEL_MOUNT],
-        "resources": copy.deepcopy(STORAGE_INITIALIZER_RESOURCES), "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": MODELCAR_VOLUME, "mountPath": KSERVE_MODEL_MOUNT}]})
+    init = {"name": "storage-initializer", "image": STORAGE_INITIALIZER_IMAGE, "args": [uri, KSERVE_MODEL_MOUNT],
+            "resources": copy.deepcopy(STORAGE_INITIALIZER_RESOURCES), "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": [{"name": MODELCAR_VOLUME, "mountPath": KSERVE_MODEL_MOUNT}]}
+    for key, value in (patch or {}).items():
+        if key not in {"name", "image", "imagePullPolicy", "securityContext", "resources"}:
+            raise PodCheckError(f"ClusterStorageContainer field {key}: this emulation does not merge it")
+        init[key] = copy.deepcopy(value)
+    spec.setdefault("initContainers", []).append(init)
     return spec
 
 
@@ -266,3 +277,85 @@ def serving_port(container: dict, protocol: str, knative: bool = False) -> int:
     if protocol == "grpc-v2" or not ports:
         raise PodCheckError(f"no container port named {want} for protocol {protocol}: {ports}")
     return ports[0]["containerPort"]
+
+
+# --- where KServe routes a model, and what Knative admits ------------------------------------------
+
+# inferenceservice-config ingress.domainTemplate as KServe v0.20 ships it.
+KSERVE_DOMAIN_TEMPLATE = "{{ .Name }}-{{ .Namespace }}.{{ .IngressDomain }}"
+TEMPLATE_FIELD = re.compile(r"\{\{\s*\.(Name|Namespace|IngressDomain)\s*\}\}")
+
+
+def model_host(isvc: dict, domain: str, template: str = KSERVE_DOMAIN_TEMPLATE) -> str:
+    """The external host of an InferenceService. Standard mode: KServe's domain template
+    (reconcilers/ingress/domain.go GenerateDomainName; field references only here). Knative mode:
+    the predictor's Knative host <name>-predictor.<namespace>.<domain> with "-predictor" cut
+    (reconcilers/ingress/ingress_reconciler.go getServiceHost)."""
+    meta = isvc["metadata"]
+    if meta.get("annotations", {}).get("serving.kserve.io/deploymentMode") == "Knative":
+        return f"{meta['name']}.{meta['namespace']}.{domain}"
+    values = {"Name": meta["name"], "Namespace": meta["namespace"], "IngressDomain": domain}
+    host = TEMPLATE_FIELD.sub(lambda m: values[m.group(1)], template)
+    if "{{" in host:
+        raise PodCheckError(f"domain template {template!r}: only .Name, .Namespace, .IngressDomain are emulated")
+    return host
+
+
+def predictor_service_ports(container: dict) -> list[dict]:
+    """The predictor Service of Standard mode (reconcilers/service/service_reconciler.go): port 80 to
+    the container's first port (appProtocol h2c when its name says grpc or h2c), every other port
+    at its own number."""
+    def app_protocol(port):
+        return "kubernetes.io/h2c" if ("grpc" in port.get("name", "") or "h2c" in port.get("name", "")) else None
+    ports = container.get("ports") or [{"containerPort": 8080}]
+    out = [{"name": ports[0].get("name", ""), "port": 80, "targetPort": ports[0]["containerPort"],
+            "appProtocol": app_protocol(ports[0])}]
+    out += [{"name": p.get("name", ""), "port": p["containerPort"], "targetPort": p["containerPort"],
+             "appProtocol": app_protocol(p)} for p in ports[1:]]
+    return out
+
+
+def gateway_target_port(container: dict, grpc_path: str | None, gateway_api: bool = False) -> int:
+    """The container port a request through the ingress gateway reaches in Standard mode. KServe's
+    Ingress sends every host's traffic to Service port 80 (kube_ingress_reconciler.go). With Gateway
+    API, its HTTPRoute sends gRPC requests whose path is /inference.GRPCInferenceService/* to the
+    first h2c/grpc Service port and everything else to the first other port
+    (httproute_reconciler.go). `grpc_path`: the request's gRPC path, None for REST."""
+    ports = predictor_service_ports(container)
+    if not gateway_api:
+        return ports[0]["targetPort"]
+    grpc = [p for p in ports if p["appProtocol"] == "kubernetes.io/h2c"]
+    rest = [p for p in ports if p["appProtocol"] != "kubernetes.io/h2c"]
+    if grpc and rest and grpc_path and grpc_path.startswith("/inference.GRPCInferenceService/"):
+        return grpc[0]["targetPort"]
+    return (rest or ports)[0]["targetPort"]
+
+
+# Knative Serving's field masks for the pod spec KServe copies into a Knative Service
+# (pkg/apis/serving/fieldmask.go): the pod-level securityContext passes only with the feature
+# flag kubernetes.podspec-securitycontext=enabled, and then only these fields; a container's
+# `privileged` passes from Knative 1.17 on.
+KNATIVE_POD_SECURITY_FIELDS = {"runAsUser", "runAsGroup", "runAsNonRoot", "fsGroup", "supplementalGroups"}
+
+
+def knative_pod_errors(spec: dict, podspec_securitycontext: bool = False,
+                       knative: tuple[int, int] = (1, 15)) -> list[str]:
+    """Why Knative's webhook would refuse this pod spec (empty when it would not)."""
+    errors = []
+    allowed = KNATIVE_POD_SECURITY_FIELDS if podspec_securitycontext else set()
+    if refused := sorted(set(spec.get("securityContext") or {}) - allowed):
+        errors.append(f"pod securityContext {refused} (kubernetes.podspec-securitycontext "
+                      f"{'enabled' if podspec_securitycontext else 'disabled'})")
+    for c in spec.get("containers", []):
+        if "privileged" in (c.get("securityContext") or {}) and knative < (1, 17):
+            errors.append(f"container {c['name']}: securityContext.privileged (Knative < 1.17)")
+    return errors
+
+
+KSERVE_DEFAULT_METRICS_PORT = 8080  # metrics_aggregate_injector.go defaultKserveContainerPrometheusPort
+
+
+def aggregated_metrics_port(predictor: dict) -> int:
+    """The runtime port that KServe's metric aggregation (Knative mode, queue-proxy) scrapes: the
+    predictor's prometheus.kserve.io/port annotation, else 8080."""
+    return int(predictor.get("annotations", {}).get("prometheus.kserve.io/port", KSERVE_DEFAULT_METRICS_PORT))

@@ -12,7 +12,9 @@ API server's service proxy to the pod IP). A SIGKILLed TorchServe worker is repl
 without a restart; a hung frontend (SIGSTOP) is restarted by the kubelet's liveness probe. A real
 Prometheus (upstream's, built from its Go module: Debian's has no Kubernetes discovery) discovers
 the pods through this API server with kubernetes_sd_configs and scrapes them by their
-prometheus.io annotations. Last, the chart's v2 and grpc-v2 values answer on their protocols.
+prometheus.io annotations. Then the chart's v2 and grpc-v2 values answer on their protocols,
+and its s3:// values are downloaded by KServe's storage initializer image from an S3 server (moto,
+standing in for a cloud object store).
 
 A missing package or a failed build fails here: nothing is skipped.
 """
@@ -36,13 +38,15 @@ import yaml
 from scripts.cluster import build
 from scripts.cluster import kserve as kserve_mod
 from scripts.cluster import node as node_mod
+from scripts.cluster import storage_initializer
 from scripts.cluster.control_plane import ClusterError
 from scripts.monitoring.prometheus import Prometheus
 from scripts.process import free_ports
 from tests.cluster_fixtures import CHART, CRDS, crds, helm, kubectl, missing, plane, wait_for  # noqa: F401
 from scripts import clients
-from tests.kserve_pod import of_kind, render, serving_port
-from tests.test_pods import claim_root, family, inputs, runtime_images  # noqa: F401
+from tests.kserve_pod import model_host, of_kind, one, render, serving_port
+from tests.object_store import CREDENTIALS, MotoServer, tree
+from tests.test_pods import OBJECT_STORE, claim_root, family, inputs, runtime_images  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2700)]
 
@@ -209,6 +213,24 @@ def test_prediction_through_the_service(plane, release, inputs, name):  # noqa: 
           f"{answer['predictions'][0]}")
     top = answer["predictions"][0]
     assert len(top) == 5 and next(iter(top)) in right, answer
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_kserves_ingress_routes_the_notes_host_to_the_rest_port(plane, release, name):
+    """Once the predictor is Ready, KServe makes the Ingress and the URL (kube_ingress_reconciler.go):
+    the host NOTES.txt prints (its domain template), to Service port 80, which targets the REST
+    port. No ingress controller runs here, so the Ingress is checked as an object, not called."""
+    isvc = one(render(None), "InferenceService", name)
+    host = model_host(isvc, "example.com")
+    ingress = wait_for(f"Ingress {NS}/{name}", lambda: get(plane, "ingress", name, NS), timeout=60)
+    rules = {r["host"]: r["http"]["paths"][0]["backend"]["service"] for r in ingress["spec"]["rules"]}
+    assert rules[host] == {"name": f"{name}-predictor", "port": {"number": 80}}, rules
+    assert get(plane, "inferenceservice", name, NS)["status"]["url"] == f"http://{host}"
+    notes = helm(plane, "install", "--dry-run=client", "x", str(CHART)).stdout
+    assert f"{name} (torchserve, v1): host {host}" in notes
+    service = get(plane, "service", f"{name}-predictor", NS)
+    port80 = next(p for p in service["spec"]["ports"] if p["port"] == 80)
+    assert port80["targetPort"] == serving_port(predictor_pod(plane, name)["spec"]["containers"][0], "v1")
 
 
 # --- the kubelet's probes ----------------------------------------------------------------------------
@@ -428,3 +450,70 @@ def test_every_declared_protocol_answers(plane, node, node_images, kserve, claim
 def predictor_pod_in(plane, ns: str, name: str) -> dict:
     return json.loads(kubectl(plane, "get", "pods", "-n", ns, "-l",
                               f"serving.kserve.io/inferenceservice={name}", "-o", "json").stdout)["items"][0]
+
+
+# --- s3:// models: KServe's storage initializer image on the node -----------------------------------
+
+S3_VALUES = "s3-servicemonitor-values.yaml"
+
+
+def test_s3_models_are_downloaded_by_kserves_storage_initializer(plane, node, node_images, kserve, claim_root,  # noqa: F811
+                                                                 inputs, tmp_path):
+    """The chart's s3:// values on the node, in a namespace of its own that enforces Pod Security
+    "restricted": KServe's webhook injects its storage initializer (the image built from PyPI's
+    kserve-storage, scripts/cluster/storage_initializer.py) under the chart's ClusterStorageContainer;
+    it downloads each layout with the credentials of the chart's Secret; the models become Ready and
+    answer. The object store is moto (tests/object_store.py), standing in for a cloud one, on the
+    pods' bridge gateway address (pods cannot reach the host's loopback)."""
+    ns = "ic-s3"
+    while _installed:  # free the node's CPUs
+        helm(plane, "uninstall", _installed.pop(), "--namespace", "default", "--wait", "--timeout", "180s",
+             check=False)
+    image = storage_initializer.build()
+    print(f"\nstorage initializer into containerd: {node.containerd.import_podman_image(image):.1f} s")
+    gateway = str(next(ipaddress.ip_network(node_mod.POD_CIDR).hosts()))
+    bridge = subprocess.run(["ip", "-4", "-o", "addr", "show", node_mod.CNI_BRIDGE], capture_output=True, text=True)
+    assert gateway in bridge.stdout, f"no {node_mod.CNI_BRIDGE} with {gateway} (a pod must have run): {bridge}"
+    server = MotoServer(tmp_path, host=gateway).start(timeout=60)
+    try:
+        isvcs = of_kind(render(S3_VALUES), "InferenceService")
+        for isvc in isvcs:
+            bucket, prefix = isvc["spec"]["predictor"]["model"]["storageUri"].removeprefix("s3://").split("/", 1)
+            server.upload(bucket, prefix, tree(claim_root / OBJECT_STORE / bucket / prefix))
+        t0 = time.monotonic()
+        s3 = "storage.credentials.s3"
+        helm(plane, "install", ns, str(CHART), "--namespace", "default", "-f", str(CHART / "ci" / S3_VALUES),
+             "--set", f"namespace.name={ns}", "--set", "namespace.create=true",
+             "--set", f"{s3}.endpoint={gateway}:{server.port}", "--set", f"{s3}.useHttps=false",
+             "--set", f"{s3}.verifySSL=false", "--set", f"{s3}.accessKeyId={CREDENTIALS['AWS_ACCESS_KEY_ID']}",
+             "--set", f"{s3}.secretAccessKey={CREDENTIALS['AWS_SECRET_ACCESS_KEY']}")
+        _installed.append(ns)
+        labels = get(plane, "namespace", ns)["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+        for isvc in isvcs:
+            name = isvc["metadata"]["name"]
+
+            def ready():
+                status = (get(plane, "inferenceservice", name, ns) or {}).get("status") or {}
+                return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+
+            try:
+                wait_for(f"{ns}/{name} Ready", ready, timeout=READY_S, every=2)
+            except AssertionError:
+                pods = kubectl(plane, "get", "pods", "-n", ns, "-o", "wide", check=False).stdout
+                events = kubectl(plane, "get", "events", "-n", ns, check=False).stdout[-3000:]
+                logs = kubectl(plane, "logs", "-n", ns, "-l", f"serving.kserve.io/inferenceservice={name}",
+                               "-c", "storage-initializer", check=False)
+                raise AssertionError(f"{ns}/{name} not Ready:\n{pods}\n{events}\n{logs.stdout}{logs.stderr}") from None
+            pod = predictor_pod_in(plane, ns, name)
+            [init] = pod["status"]["initContainerStatuses"]
+            assert (init["name"], init["state"]["terminated"]["exitCode"]) == ("storage-initializer", 0)
+            assert pod["spec"]["initContainers"][0]["securityContext"]["runAsNonRoot"] is True
+            image_bytes, right = inputs[family(name)]
+            path = f"/api/v1/namespaces/{ns}/services/http:{name}-predictor:80/proxy/v1/models/{name}:predict"
+            answer = api(plane, path, {"instances": [{"b64": base64.b64encode(image_bytes).decode()}]})
+            top = answer["predictions"][0]
+            print(f"\n{ns}/{name}: Ready {time.monotonic() - t0:.0f} s after helm install, downloaded from s3; {top}")
+            assert next(iter(top)) in right, answer
+    finally:
+        server.stop()

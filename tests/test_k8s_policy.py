@@ -84,7 +84,8 @@ def test_checkov_checked_the_model_pods_and_every_values_file(report):
 
 def test_every_skip_says_why(report):
     """Global skips: exactly GLOBAL_SKIPS, each with a comment on the line above it. Per-object
-    skips: only the upload pod's liveness probe, with its reason."""
+    skips: the upload pod's liveness probe, and the Knative-mode predictors' pod-level
+    securityContext (which Knative refuses), each with its reason."""
     lines = CONFIG.read_text().splitlines()
     skipped = {}
     for i, line in enumerate(lines):
@@ -95,8 +96,11 @@ def test_every_skip_says_why(report):
     assert set(skipped) == GLOBAL_SKIPS == set(yaml.safe_load(CONFIG.read_text())["skip-check"])
     per_object = {(f["check_id"], f["resource"], f["check_result"].get("suppress_comment"))
                   for f in report["results"]["skipped_checks"]}
+    knative = "Knative refuses a pod-level securityContext; every container sets runAsNonRoot, uid, gid, seccompProfile"
     assert per_object == {("CKV_K8S_8", "Pod.image-classifier.image-classifier-model-upload",
-                           "one-shot upload helper, a liveness probe could only interrupt the copy")}
+                           "one-shot upload helper, a liveness probe could only interrupt the copy"),
+                          ("CKV_K8S_29", "Deployment.image-classifier.fashion-mnist-predictor", knative),
+                          ("CKV_K8S_29", "Deployment.image-classifier.imagenet-grpc-predictor", knative)}
 
 
 def test_checkov_finds_nothing_in_the_dockerfiles():

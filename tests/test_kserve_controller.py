@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from scripts.cluster import build
 from scripts.cluster import kserve as kserve_mod
 from scripts.containers.pod import PodRunner
 from tests.cluster_fixtures import CHART, ROOT, crds, helm, kubectl, missing, plane, wait_for  # noqa: F401
-from tests.kserve_pod import (metrics_ports, of_kind, one, predictor_pod, render,
+from tests.kserve_pod import (gateway_target_port, metrics_ports, of_kind, one, predictor_pod, render,
                               serving_port)
 from tests.test_pods import (PROBE_PERIOD_S, READY_S, call, claim_root, family,  # noqa: F401
                              inputs, runtime_images)
@@ -281,7 +282,11 @@ def test_pod_mutator_output_vs_emulation(plane, releases, values, name):
         # storage Secret (tests/test_pods.py runs a stand-in that reads no object store)
         refs = [e["name"] for e in diffs.pop("initContainers[storage-initializer].env")[0] if "valueFrom" in e]
         assert refs == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"], refs
-        assert "securityContext" not in init  # none: a restricted namespace would refuse the pod
+        # the release's ClusterStorageContainer, merged over KServe's init container by its webhook
+        stored = get(plane, "inferenceservice", name, namespace(values))
+        assert meta["annotations"]["internal.serving.kserve.io/storage-container-name"] == \
+            stored["spec"]["predictor"]["storageContainerName"] == f"image-classifier-{namespace(values)}"
+        assert init["securityContext"]["allowPrivilegeEscalation"] is False
     elif uri.startswith("oci://"):
         # KServe runs the runtime as the modelcar's uid (uidModelcar) so that it can read the
         # modelcar's /models through /proc/<pid>/root.
@@ -323,6 +328,64 @@ def test_a_modelcar_namespace_is_baseline_because_kserves_modelcar_is_not_restri
     assert proc.returncode != 0
     assert 'violates PodSecurity "restricted:latest"' in proc.stderr, proc.stderr
     assert 'containers "modelcar-init", "modelcar" must set securityContext.allowPrivilegeEscalation=false' \
+        in proc.stderr, proc.stderr
+
+
+@pytest.mark.integration
+def test_an_object_storage_pod_meets_restricted_with_the_releases_storage_container(plane, releases):
+    """With the chart's ClusterStorageContainer, the pod KServe's webhook made for an s3:// model
+    passes Pod Security "restricted"; with KServe's default one (no securityContext) it does not."""
+    pod = real_pod(plane, "s3-servicemonitor-values.yaml", "fashion-mnist")
+    kubectl(plane, "create", "namespace", RESTRICTED_NS, check=False)
+    kubectl(plane, "label", "--overwrite", "namespace", RESTRICTED_NS, "pod-security.kubernetes.io/enforce=restricted")
+
+    def admitted(spec: dict) -> subprocess.CompletedProcess:
+        again = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "s3-", "namespace": RESTRICTED_NS},
+                 "spec": spec}
+        return kubectl(plane, "create", "--dry-run=server", "-f", "-", stdin=json.dumps(again), check=False)
+
+    kubectl(plane, "create", "serviceaccount", pod["spec"]["serviceAccountName"], "-n", RESTRICTED_NS, check=False)
+    ok = admitted(pod["spec"])
+    assert ok.returncode == 0, ok.stderr
+    default = copy.deepcopy(pod["spec"])
+    default["initContainers"][0].pop("securityContext")  # what KServe's default storage container gives
+    refused = admitted(default)
+    assert 'violates PodSecurity "restricted:latest"' in refused.stderr, refused.stderr
+    assert 'container "storage-initializer" must set securityContext.allowPrivilegeEscalation=false' in refused.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("values, name", [(v, n) for v, n in CASES if v in (None, "grpc-v2-values.yaml")],
+                         ids=["default-fashion-mnist", "default-imagenet", "grpc-v2-fashion-mnist"])
+def test_the_service_sends_port_80_to_rest_and_grpc_to_its_own_port(plane, releases, values, name):
+    """The predictor Service KServe makes: port 80 (where its Ingress points, made once the
+    predictor is Ready: tests/test_cluster_node.py) targets the first container port, REST; the h2c
+    port keeps its number with appProtocol h2c (in-cluster gRPC, and Gateway API's gRPC route). As
+    the emulation says (tests/kserve_pod.py gateway_target_port) and NOTES.txt tells."""
+    ns = namespace(values)
+    service = get(plane, "service", f"{name}-predictor", ns)
+    container = real_pod(plane, values, name)["spec"]["containers"][0]
+    port80 = next(p for p in service["spec"]["ports"] if p["port"] == 80)
+    assert port80["targetPort"] == gateway_target_port(container, "/inference.GRPCInferenceService/ModelInfer") \
+        == serving_port(container, "v1")
+    grpc_port = serving_port(container, "grpc-v2")
+    h2c = next(p for p in service["spec"]["ports"] if p["port"] == grpc_port)
+    assert (h2c["targetPort"], h2c["appProtocol"]) == (grpc_port, "kubernetes.io/h2c")
+    assert gateway_target_port(container, "/inference.GRPCInferenceService/ModelInfer", gateway_api=True) == grpc_port
+    if values == "grpc-v2-values.yaml":
+        args = ["--set", f"namespace.name={ns}", "-f", str(CHART / "ci" / values)]
+        notes = helm(plane, "install", "--dry-run=client", "x", str(CHART), *args).stdout
+        assert f"--grpc-target {name}-predictor.{ns}.svc.cluster.local:{grpc_port}" in notes
+
+
+@pytest.mark.integration
+def test_helm_upgrade_to_another_deployment_mode_is_refused_with_a_message(plane, releases):
+    """KServe's webhook refuses to change a deployment mode in place; the chart says so first."""
+    ns = namespace(None)
+    proc = helm(plane, "upgrade", "ic-default", str(CHART), "--namespace", "default", "--set", f"namespace.name={ns}",
+                "-f", str(CHART / "ci" / "knative-canary-values.yaml"), check=False)
+    assert proc.returncode != 0
+    assert "the InferenceService runs in deploymentMode Standard and KServe cannot switch it to Knative in place" \
         in proc.stderr, proc.stderr
 
 

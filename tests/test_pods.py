@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import threading
 import time
 from collections import Counter
@@ -185,7 +186,8 @@ def assert_security_context_in_force(runner: PodRunner) -> None:
     lines = out.splitlines()
     assert int(lines[0]) == sc["runAsUser"], out
     groups = {int(g) for g in lines[1].split()}
-    assert {sc["runAsGroup"], pod_spec["securityContext"]["fsGroup"]} <= groups, out
+    fs_group = (pod_spec.get("securityContext") or {}).get("fsGroup")  # none in Knative mode
+    assert {sc["runAsGroup"], *([fs_group] if fs_group else [])} <= groups, out
     if "ALL" in sc["capabilities"]["drop"]:
         assert re.search(r"^CapEff:\s+0+$", out, re.M), out
     if sc["allowPrivilegeEscalation"] is False:
@@ -238,6 +240,31 @@ def assert_counted(pod: PodRunner, port: int, top1: str, n: int, deadline_s: flo
             raise AssertionError(f"port {port} does not count {n} predictions of {top1!r} after "
                                  f"{deadline_s:.0f} s:\n{text[:1500]}")
         time.sleep(0.5)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("values", [None, "grpc-v2-values.yaml"], ids=["torchserve", "kserve-native"])
+def test_a_pod_started_before_the_upload_waits_for_its_layout(values, runtime_images, claim_root, inputs,
+                                                              tmp_path):
+    """KServe mounts a pvc:// claim (no copy), so a predictor may start on an empty folder: it
+    waits, saying so in its log, and serves once the layout is copied in (no restart)."""
+    objs = render(values)
+    name = MODEL_NAME
+    path = one(objs, "InferenceService", name)["spec"]["predictor"]["model"]["storageUri"].split("/", 3)[3]
+    empty = tmp_path / "claim"
+    (empty / path).mkdir(parents=True)  # the kubelet makes a missing subPath folder
+    image, right = inputs[family(name)]
+    protocol, port = routed_port(objs, name)
+    with runner_for(objs, name, empty, tmp_path) as pod:
+        deadline = time.monotonic() + 60
+        while "waiting for the model layout in /mnt/models" not in pod.logs():
+            assert time.monotonic() < deadline, pod.logs()
+            time.sleep(0.5)
+        assert not pod.probe("startupProbe").ok
+        shutil.copytree(claim_root / path, empty / path, dirs_exist_ok=True)  # kubectl cp's part
+        pod.wait_ready(READY_S)
+        answer = call(pod, protocol, port, name, [image])[0]  # wait_ready fails where the kubelet would restart
+    assert next(iter(answer)) in right, answer
 
 
 def test_every_values_file_without_a_gpu_has_a_pod_case():

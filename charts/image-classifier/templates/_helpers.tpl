@@ -64,7 +64,10 @@ runAsUser: {{ include "ic.uid" . }}
 runAsGroup: {{ include "ic.uid" . }}
 readOnlyRootFilesystem: true
 allowPrivilegeEscalation: false
+{{- if ne .Values.deploymentMode "Knative" }}
+{{- /* Knative before 1.17 refuses the field, even false (its default) */}}
 privileged: false
+{{- end }}
 capabilities:
   drop: [ALL]
 seccompProfile:
@@ -113,6 +116,17 @@ seccompProfile:
 {{- fail (printf "models[%s].storageUri %s needs storage.credentials.type gcs" .name .storageUri) -}}
 {{- end -}}
 {{- end -}}
+{{- /* KServe's webhook refuses to change an InferenceService's deployment mode; say so before helm
+     upgrade half-applies (lookup finds nothing under helm template or a first install). */ -}}
+{{- $modes := dict "Standard" "Standard" "RawDeployment" "Standard" "Knative" "Knative" "Serverless" "Knative" -}}
+{{- range $v.models -}}
+{{- $old := lookup "serving.kserve.io/v1beta1" "InferenceService" (include "ic.namespace" $) .name -}}
+{{- $oldMode := "" -}}
+{{- if $old }}{{ $oldMode = index (default (dict) $old.metadata.annotations) "serving.kserve.io/deploymentMode" | default "" }}{{ end -}}
+{{- if and $oldMode (ne (get $modes $oldMode) $v.deploymentMode) -}}
+{{- fail (printf "models[%s]: the InferenceService runs in deploymentMode %s and KServe cannot switch it to %s in place: helm uninstall (or delete the InferenceService), then install again" .name $oldMode $v.deploymentMode) -}}
+{{- end -}}
+{{- end -}}
 {{- if and $v.monitoring.serviceMonitor.enabled $v.monitoring.podMonitor.enabled -}}
 {{- fail "monitoring.podMonitor and monitoring.serviceMonitor both scrape the same pods: enable one" -}}
 {{- end -}}
@@ -125,4 +139,48 @@ lifecycle:
   preStop:
     exec:
       command: ["sleep", "{{ .Values.shutdown.drainSeconds }}"]
+{{- end -}}
+
+{{/* The host KServe gives a model outside the cluster. Standard mode: KServe's ingress domain
+     template (reconcilers/ingress/domain.go: text/template over Name, Namespace, IngressDomain,
+     Annotations, Labels of the InferenceService). Knative mode: Knative's <name>.<namespace>.<domain>,
+     which KServe takes from the predictor's Knative route. Call with (dict "ctx" $ "model" .). */}}
+{{- define "ic.modelHost" -}}
+{{- $v := .ctx.Values -}}
+{{- $ns := include "ic.namespace" .ctx -}}
+{{- if eq $v.deploymentMode "Knative" -}}
+{{- printf "%s.%s.%s" .model.name $ns $v.ingress.domain -}}
+{{- else -}}
+{{- $values := dict "Name" .model.name "Namespace" $ns "IngressDomain" $v.ingress.domain "Annotations" (dict) "Labels" (dict) "Template" .ctx.Template -}}
+{{- tpl $v.ingress.domainTemplate $values -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when a model is in object storage (s3://, gs://): KServe injects its storage initializer. */}}
+{{- define "ic.objectStorage" -}}
+{{- range .Values.models }}{{ if or (hasPrefix "s3://" .storageUri) (hasPrefix "gs://" .storageUri) }}true{{ end }}{{ end -}}
+{{- end -}}
+
+{{/* The release's ClusterStorageContainer (cluster-scoped: the namespace keeps names unique). */}}
+{{- define "ic.storageContainerName" -}}
+{{- printf "%s-%s" (include "ic.name" .) (include "ic.namespace" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The model containers' entry: wait until the storage layout is in /mnt/models, then exec the
+     runtime. A pvc:// claim is mounted, not copied, so a pod may start before the upload; waiting
+     (until the startup probe gives up) beats a crash loop. No "{{" in here: KServe runs Go
+     text/template over the container, and no "$(": the kubelet expands it.
+     Call with (dict "files" (list ...)): the paths under /mnt/models that must exist. */}}
+{{- define "ic.waitForModel" -}}
+- sh
+- -c
+- |
+  trap 'exit 143' TERM
+  until {{ range $i, $f := .files }}{{ if $i }} && {{ end }}ls /mnt/models/{{ $f }} >/dev/null 2>&1{{ end }}; do
+    [ -n "$told" ] || echo "waiting for the model layout in /mnt/models ({{ join ", " .files }}): copy it into the model storage"
+    told=1
+    sleep 2
+  done
+  exec "$@"
+- wait-for-model
 {{- end -}}
