@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts.cluster import kserve as kserve_mod
+
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = REPO / "docs" / "deploy.md"
 KIND = REPO / "scripts" / "kind_e2e.sh"
@@ -67,3 +69,24 @@ def test_guide_links_and_paths_exist():
                  "charts/image-classifier/docker/Dockerfile.torchserve", "charts/image-classifier/docker/Dockerfile.kserve-native"):
         assert path.split("/")[-1] in guide and (REPO / path).exists(), path
     assert "(docs/deploy.md)" in (REPO / "README.md").read_text()
+
+
+def test_kserve_charts_named_in_the_guide_exist_in_that_release():
+    """The KServe charts the guide and the kind script install are charts of the KServe release
+    they pin (the kserve Go module at that version: `kserve` became `kserve-resources` in v0.15)."""
+    charts = kserve_mod.source() / "charts"
+    for path in (GUIDE, KIND):
+        named = set(re.findall(r"oci://ghcr\.io/kserve/charts/([\w-]+)", path.read_text()))
+        assert named >= {"kserve-crd", "kserve-resources"}, (path.name, named)
+        for name in named:
+            chart = charts / name / "Chart.yaml"
+            assert chart.exists(), f"{path.name}: no chart {name} in kserve {kserve_mod.VERSION}"
+            assert f"name: {name}" in chart.read_text()
+            assert f"version: {kserve_mod.VERSION}" in chart.read_text()
+
+
+def test_the_guide_says_what_a_readwriteonce_claim_allows():
+    text = GUIDE.read_text()
+    assert "ReadWriteOnce" in text and "Multi-Attach" in text and "metrics-server" in text
+    values = (REPO / "charts" / "image-classifier" / "values.yaml").read_text()
+    assert "ReadWriteOnce works on one node only" in values
