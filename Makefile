@@ -53,7 +53,7 @@ serve: setup $(CONFIG)  ## start TorchServe in the background; returns when work
 	$(PY) -m scripts.serve start --store $(STORE)
 
 kserve: setup $(CONFIG)  ## KServe-native runtime over the same .mar files: v1/v2 REST :8085, gRPC :8086 (foreground)
-	$(PY) -m scripts.kserve_runtime --model-store $(STORE)/model-store $(KSERVE_ARGS)
+	$(PY) -m scripts.runtime --model-store $(STORE)/model-store $(KSERVE_ARGS)
 
 stop: setup  ## stop the TorchServe started by `make serve`
 	$(PY) -m scripts.serve stop

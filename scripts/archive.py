@@ -15,13 +15,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
 
 from handlers.spec import WEIGHTS_FILE, ArchSpec, ModelSpec
 from model import checkpoint, nets
+from scripts.runtime.mar import read_manifest
 from scripts.settings import KSERVE_MODEL_MOUNT, FrontendSettings, ModelServingSettings, ServingSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,11 +91,6 @@ def build_mar(spec: ModelSpec, state_dict: dict, net_file: Path, model_store: Pa
     if not mar.exists():
         raise ArchiveError(f"torch-model-archiver reported success but wrote no {mar}")
     return mar
-
-
-def read_manifest(mar: Path) -> dict:
-    with zipfile.ZipFile(mar) as z:
-        return json.loads(z.read("MAR-INF/MANIFEST.json"))
 
 
 def max_request_size(max_image_bytes: int) -> int:

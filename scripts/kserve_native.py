@@ -1,4 +1,4 @@
-"""Run the KServe-native runtime (`python -m scripts.kserve_runtime`) as a subprocess in its own
+"""Run the KServe-native runtime (`python -m scripts.runtime`) as a subprocess in its own
 process group and know when it is ready: OIP `/v2/health/ready` over REST and `ServerReady` over
 gRPC. Used by the benchmarks and the tests; stopped by PID."""
 from __future__ import annotations
@@ -36,7 +36,7 @@ class KServeRuntime(ServerProcess):
         self.grpc_target = f"{host}:{grpc_port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "scripts.kserve_runtime", "--model-store", str(self.model_store),
+        return [sys.executable, "-m", "scripts.runtime", "--model-store", str(self.model_store),
                 "--host", self.host, "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
                 *self.extra_args]
 

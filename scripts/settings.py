@@ -8,7 +8,7 @@ Environment overrides (all optional):
   SERVE_UI_PORT (8090: the try-it page), SERVE_CORS_ORIGIN (default: the page's own origin;
   set it to the page's URL when the page talks to a cluster endpoint),
   SERVE_KSERVE_HTTP_PORT (8085) and SERVE_KSERVE_GRPC_PORT (8086): the KServe-native runtime
-  (scripts/kserve_runtime.py)
+  (scripts/runtime/)
 """
 from __future__ import annotations
 

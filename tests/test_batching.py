@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from scripts.batching import MicroBatcher
+from scripts.runtime.batching import MicroBatcher
 
 
 def test_concurrent_requests_share_batches_and_get_their_own_results():

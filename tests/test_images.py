@@ -74,14 +74,16 @@ def test_a_values_file_overrides_the_names(tmp_path):
 
 @pytest.mark.parametrize("key", sorted(RUNTIME_OF))
 def test_each_image_matches_its_serving_runtime(key):
-    """USER = the chart's runAsUser/runAsGroup, CMD = the runtime's command, ports exposed."""
+    """USER = the chart's runAsUser/runAsGroup, CMD = the runtime's command (the pod runs it after
+    waiting for the model layout: ic.waitForModel), ports exposed."""
     c = runtime_container(render(), key)
     steps = instructions(images.DOCKERFILES[key])
     user = [a for i, a in steps if i == "USER"][-1]
     sc = c["securityContext"]
     assert user == f"{sc['runAsUser']}:{sc['runAsGroup']}"
     cmd = [a for i, a in steps if i == "CMD"][-1]
-    assert json.loads(cmd) == c["command"]  # exec (JSON) form
+    wait = c["command"].index("wait-for-model")
+    assert c["command"][:2] == ["sh", "-c"] and json.loads(cmd) == c["command"][wait + 1:]  # exec (JSON) form
     exposed = {int(p) for i, a in steps if i == "EXPOSE" for p in a.split()}
     assert {p["containerPort"] for p in c["ports"]} <= exposed
 
@@ -95,6 +97,22 @@ def test_torchserve_image_installs_requirements_pins():
     assert len(pins) == 4 and f"-eq {len(pins)}" in run, pins
     assert {p.split("==")[0] for p in pins} == {"torchserve", "pyyaml", "pillow", "numpy"}
     assert "-c /opt/build/constraints.txt" in run
+
+
+def test_kserve_native_image_holds_only_the_runtime():
+    """Dockerfile.kserve-native installs the runtime's pins of requirements.txt (a grep that must
+    find all of them) and copies only its import closure (tests/runtime/test_runtime_closure.py):
+    no model/, no training or tooling packages."""
+    steps = instructions(images.DOCKERFILES["kserveNative"])
+    run = next(a for i, a in steps if i == "RUN" and "grep" in a)
+    pattern = re.search(r"grep -E '([^']+)'", run).group(1)
+    pins = [l for l in (REPO / "requirements.txt").read_text().splitlines() if re.search(pattern, l)]
+    assert len(pins) == 7 and f"-eq {len(pins)}" in run, pins
+    assert {p.split("==")[0] for p in pins} == {"pillow", "numpy", "prometheus-client", "grpcio", "kserve",
+                                                "protobuf", "uvloop"}
+    copied = [a.split()[:-1] for i, a in steps if i == "COPY" and "/opt/build" not in a]
+    assert copied == [["handlers/"], ["scripts/__init__.py", "scripts/settings.py", "scripts/process.py"],
+                      ["scripts/runtime/"]], copied
 
 
 def shared_prefix(dockerfile: Path) -> list[tuple[str, str]]:

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from scripts import archive, k8s_render, k8s_validate
+from scripts.runtime.server import get_args_parser
 from scripts.cluster import kserve as kserve_mod
 from scripts.settings import KSERVE_MODEL_MOUNT, ServingSettings
 from scripts.torchserve import TorchServe
@@ -280,11 +281,9 @@ def test_torchserve_env_and_ports_match_settings():
 
 
 def test_kserve_native_runtime_command_matches_its_cli():
-    from scripts.kserve_runtime import get_args_parser
-
     c = runtime_container(render(), "kserve-native")
     argv = runtime_argv(c)
-    assert argv[:3] == ["python", "-m", "scripts.kserve_runtime"]
+    assert argv[:3] == ["python", "-m", "scripts.runtime"]
     args = get_args_parser().parse_args(argv[3:])  # the runtime's own parser accepts them
     assert (str(args.model_store), args.host, args.http_port, args.grpc_port) == \
         (f"{KSERVE_MODEL_MOUNT}/model-store", "0.0.0.0", 8080, 8081)

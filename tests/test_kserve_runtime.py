@@ -1,4 +1,4 @@
-"""The KServe-native runtime (scripts/kserve_runtime.py) as a real subprocess on free loopback ports
+"""The KServe-native runtime (scripts/runtime/) as a real subprocess on free loopback ports
 over the session's two real `.mar` files: KServe v1 REST, OIP v2 REST and v2 gRPC through kserve's
 own SDK clients and plain requests, OIP health and metadata, bad inputs, /metrics, and parity with
 the in-process ImageClassifier and a real TorchServe serving the same archives."""
@@ -26,8 +26,8 @@ from PIL import Image
 from skimage import data as skdata
 
 from handlers.classifier import ImageClassifier
-from handlers.inputs import MAX_IMAGES_PER_REQUEST, parse_row
-from scripts import kserve_runtime
+from handlers.inputs import MAX_IMAGES_PER_REQUEST
+from scripts.runtime import decode, kserve_adapter, server
 from scripts.settings import ServingSettings
 from scripts.kserve_native import KServeRuntime
 from scripts.process import free_ports
@@ -116,40 +116,45 @@ def without_kserve_nulls(body: dict) -> dict:
 
 # --- command line, without a server --------------------------------------------------------------
 
-def test_our_flags_and_kserves_do_not_clash():
+def test_our_flags_and_kserves_are_one_parser():
+    """kserve's parser is the parent of ours: its flags parse beside ours, and its --http_port and
+    our --http-port set the same port."""
     argv = ["--model-store", "/m", "--host", "0.0.0.0", "--http-port", "9001", "--grpc-port", "9002",
             "--enable_docs_url", "true"]
-    ours, rest = kserve_runtime.get_args_parser(ServingSettings()).parse_known_args(argv)
-    assert (ours.model_store, ours.host, ours.http_port, ours.grpc_port) == (Path("/m"), "0.0.0.0", 9001, 9002)
-    assert rest == ["--enable_docs_url", "true"]
+    args = server.get_args_parser(ServingSettings()).parse_args(argv)
+    assert (args.model_store, args.host, args.http_port, args.grpc_port) == (Path("/m"), "0.0.0.0", 9001, 9002)
+    assert args.enable_docs_url is True
+    kserve_spelling = server.get_args_parser(ServingSettings()).parse_args(
+        ["--model-store", "/m", "--http_port", "9003", "--grpc_port", "9004"])
+    assert (kserve_spelling.http_port, kserve_spelling.grpc_port) == (9003, 9004)
     theirs, _ = model_server.parser.parse_known_args(argv)  # what kserve reads at import time
     assert (theirs.http_port, theirs.grpc_port, theirs.enable_docs_url) == (8080, 8081, True)
 
 
 def test_defaults_come_from_the_serving_settings():
     s = ServingSettings.from_env({"SERVE_KSERVE_HTTP_PORT": "9101", "SERVE_KSERVE_GRPC_PORT": "9102"})
-    args = kserve_runtime.get_args_parser(s).parse_args(["--model-store", "m"])
+    args = server.get_args_parser(s).parse_args(["--model-store", "m"])
     assert (args.host, args.http_port, args.grpc_port) == ("127.0.0.1", 9101, 9102)
     assert (ServingSettings().kserve_http_port, ServingSettings().kserve_grpc_port) == (8085, 8086)
 
 
 def test_an_empty_store_or_a_broken_archive_fails_fast(tmp_path, capsys):
-    assert kserve_runtime.main(["--model-store", str(tmp_path)]) == 2
+    assert server.main(["--model-store", str(tmp_path)]) == 2
     assert "no .mar files" in capsys.readouterr().err
     (tmp_path / "broken.mar").write_bytes(b"not a zip")
-    assert kserve_runtime.main(["--model-store", str(tmp_path)]) == 2
+    assert server.main(["--model-store", str(tmp_path)]) == 2
     assert "broken.mar: BadZipFile" in capsys.readouterr().err
 
 
 def test_an_unknown_flag_is_refused(tmp_path):
     with pytest.raises(SystemExit) as e:
-        kserve_runtime.main(["--model-store", str(tmp_path), "--http_prot", "1"])
+        server.main(["--model-store", str(tmp_path), "--http_prot", "1"])
     assert e.value.code == 2
 
 
 def test_kserve_flags_this_runtime_would_ignore_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        kserve_runtime.main(["--model-store", str(tmp_path), "--workers", "2"])
+        server.main(["--model-store", str(tmp_path), "--workers", "2"])
     assert e.value.code == 2 and "--workers: not used by this runtime" in capsys.readouterr().err
 
 
@@ -159,15 +164,14 @@ def test_grpc_raw_elements_follow_the_same_envelope_rules_as_rest():
         name="img", datatype="BYTES", shape=[2], contents=pb.InferTensorContents(bytes_contents=[png, b"x"]))
     grpc_req = InferRequest.from_grpc(pb.ModelInferRequest(
         model_name="m", id="r", inputs=[tensor], parameters={"topk": pb.InferParameter(int64_param=2)}))
-    parsed = kserve_runtime.parse_oip(grpc_req, max_bytes=1 << 20)
+    parsed = decode.parse_oip(grpc_req, max_bytes=1 << 20)
     assert (parsed.error, parsed.images, parsed.topk, parsed.request_id, parsed.input_name) == (
         None, [png, b"x"], 2, "r", "img")
     mismatch = InferRequest.from_grpc(pb.ModelInferRequest(model_name="m", inputs=[
         pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[3],
                                               contents=pb.InferTensorContents(bytes_contents=[png]))]))
-    rest_twin = parse_row({"body": v2_body([b64(png)], shape=[3])}, 1 << 20).error
-    got = kserve_runtime.parse_oip(mismatch, max_bytes=1 << 20).error
-    assert (type(got), str(got)) == (type(rest_twin), str(rest_twin))
+    got = decode.parse_oip(mismatch, max_bytes=1 << 20).error
+    assert (got.status, str(got)) == (400, 'input "image": shape [3] does not match 1 data elements (expected [1])')
 
 
 # --- the running runtime: binding, health, metadata ------------------------------------------
@@ -563,9 +567,9 @@ def test_imagenet_matches_torchserve_on_chelsea(runtime, torchserve, chelsea):
 def test_the_event_loop_is_uvloop_unless_asked_otherwise():
     import uvloop
 
-    assert kserve_runtime.loop_factory("auto") is uvloop.new_event_loop
-    assert kserve_runtime.loop_factory("uvloop") is uvloop.new_event_loop
-    assert kserve_runtime.loop_factory("asyncio") is asyncio.new_event_loop
+    assert kserve_adapter.loop_factory("auto") is uvloop.new_event_loop
+    assert kserve_adapter.loop_factory("uvloop") is uvloop.new_event_loop
+    assert kserve_adapter.loop_factory("asyncio") is asyncio.new_event_loop
 
 
 def test_each_request_logs_one_access_line_and_no_timing_lines(runtime, images):
@@ -575,8 +579,9 @@ def test_each_request_logs_one_access_line_and_no_timing_lines(runtime, images):
     r = requests.post(f"{runtime.url}/v1/models/{MODEL_NAME}:predict?{marker}", data=images[0],
                       headers={"Content-Type": "image/png"}, timeout=30)
     assert r.status_code == 200, r.text
-    deadline = time.monotonic() + 5
-    while marker not in runtime.log_file.read_text() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30  # the access line is written after the answer: poll for it
+    while marker not in runtime.log_file.read_text():
+        assert time.monotonic() < deadline, f"no access line with {marker} after 30 s:\n{runtime.log_tail()}"
         time.sleep(0.1)
     log = runtime.log_file.read_text().splitlines()
     assert sum(marker in line for line in log) == 1, runtime.log_tail()
@@ -618,7 +623,7 @@ def test_an_async_model_store_is_waited_for(tmp_path):
     store = tmp_path / "model-store"
     threading.Timer(0.3, lambda: (store.mkdir(), (store / "m.mar").write_bytes(b"x"))).start()
     started = time.monotonic()
-    kserve_runtime.wait_for_model_store(store, timeout=10, poll=0.05)
+    server.wait_for_model_store(store, timeout=10, poll=0.05)
     assert 0.25 < time.monotonic() - started < 5
-    with pytest.raises(kserve_runtime.ArchiveLoadError, match=r"no .mar files in .* after waiting 0 s"):
-        kserve_runtime.wait_for_model_store(tmp_path / "never", timeout=0.2, poll=0.05)
+    with pytest.raises(server.ArchiveLoadError, match=r"no .mar files in .* after waiting 0 s"):
+        server.wait_for_model_store(tmp_path / "never", timeout=0.2, poll=0.05)

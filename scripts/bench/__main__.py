@@ -102,7 +102,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    default=[(d.batch_size, d.max_batch_delay_ms), (1, 0)], metavar="SIZE:DELAY_MS",
                    help="TorchServe batch settings to measure; the first is named plainly, the others "
                         "get a (bSIZE/DELAYms) suffix (default: the shipped 8:5, and 1:0)")
-    p.add_argument("--kserve-args", default="", help="extra flags for scripts.kserve_runtime, e.g. '--inline-below-ms 2'")
+    p.add_argument("--kserve-args", default="", help="extra flags for scripts.runtime, e.g. '--inline-below-ms 2'")
     p.add_argument("--inprocess-batches", type=int, nargs="*", default=[1, 8, 32])
     p.add_argument("--out", type=Path, default=Path("docs/bench"), help="where bench.{json,md,png} go")
     p.add_argument("--mode", default="CPU", help="a label for the results' title")
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 measure("fastapi-1-thread", targets.baseline_client(base.port, images), levels, base)
         if {"kserve-rest", "kserve-grpc"} & set(args.targets):
             with targets.Stopper(targets.start_kserve(store, work / "kserve", tuple(shlex.split(args.kserve_args)))) as rt:
-                servers.append(f"KServe-native runtime: scripts/kserve_runtime.py {args.kserve_args}(REST raw bytes on the "
+                servers.append(f"KServe-native runtime: scripts/runtime/ {args.kserve_args}(REST raw bytes on the "
                                "v1 route; OIP gRPC ModelInfer, raw BYTES; greedy micro-batching)")
                 if "kserve-rest" in args.targets:
                     measure("kserve-rest", targets.kserve_rest_client(rt, args.model_name, images), levels, rt)

@@ -1,0 +1,5 @@
+import sys
+
+from scripts.runtime.server import main
+
+sys.exit(main())

@@ -1,0 +1,146 @@
+"""One kserve.Model per `.mar`: unpacked and loaded with the code TorchServe's worker runs
+(`ImageClassifier.load`); requests micro-batched into forward passes; answers rendered with the
+handler's bodies and recorded with its metrics."""
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.logging import logger
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from handlers.classifier import ImageClassifier, Result
+from handlers.inputs import ParsedRequest
+from handlers.metrics import Observation, PrometheusMetrics, Stopwatch
+from handlers.responses import render
+from handlers.spec import ModelSpec
+from scripts.runtime.batching import MicroBatcher
+from scripts.runtime.decode import parse_request
+from scripts.runtime.mar import read_manifest
+
+INPUT_NAME = "image"
+
+
+class RequestRefused(InvalidInput):
+    """A request answered with render()'s error body. An InvalidInput, so kserve's gRPC interceptor
+    maps it to INVALID_ARGUMENT with the message; our REST handler sends the body and status."""
+
+    def __init__(self, status: int, body: dict):
+        super().__init__(body["error"])
+        self.status = status
+        self.body = body
+
+
+@dataclass
+class Job:
+    request: ParsedRequest
+    grpc: bool
+    results: list[Result] = field(default_factory=list)
+
+# Images per forward pass: requests that queue while one batch runs form the next (no waiting)
+MAX_BATCH_IMAGES = 32
+# Batches faster than this on average run on the event loop, skipping two thread hand-offs
+INLINE_BELOW_MS = 3.0  # measured: docs/bench/bench.md
+
+
+def grpc_response(body: dict) -> InferResponse:
+    outputs = [InferOutput(name=o["name"], shape=o["shape"], datatype=o["datatype"], data=o["data"])
+               for o in body["outputs"]]
+    return InferResponse(response_id=body["id"], model_name=body["model_name"],
+                         model_version=body["model_version"], infer_outputs=outputs)
+
+
+class MarModel(Model):
+    """One `.mar`: unpacked into a private directory and loaded with the code TorchServe's worker
+    runs (`ImageClassifier.load`)."""
+
+    def __init__(self, mar: Path, unpack_root: Path, device: str | None = None,
+                 inline_below_ms: float = 0.0):
+        manifest = read_manifest(mar)["model"]
+        super().__init__(manifest["modelName"], return_response_headers=True)
+        self.mar = mar
+        self.version: str = manifest["modelVersion"]
+        self.model_dir = unpack_root / f"{self.name}-{self.version}"
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.classifier: ImageClassifier | None = None
+        self.inline_below_ms = inline_below_ms
+
+    def load(self) -> bool:
+        with zipfile.ZipFile(self.mar) as z:
+            z.extractall(self.model_dir)
+        spec = ModelSpec.load(self.model_dir)
+        if (spec.name, spec.version) != (self.name, self.version):
+            raise ValueError(f"MANIFEST.json says {self.name} v{self.version}, model_spec.json "
+                             f"says {spec.name} v{spec.version}")
+        started = time.perf_counter()
+        self.classifier = ImageClassifier.load(self.model_dir, device=self.device)
+        # the handler metrics TorchServe exports, same names and labels (handlers/metrics.py)
+        self.metrics = PrometheusMetrics(self.name, self.version)
+        self.metrics.model_loaded(time.perf_counter() - started)
+        self.batcher = MicroBatcher(self._run_batch, max_items=MAX_BATCH_IMAGES,
+                                    inline_below_s=self.inline_below_ms / 1000)
+        self.batcher.mean_s = self.warm_up()
+        self.ready = True
+        logger.info("loaded %s v%s from %s on %s (%d classes)", self.name, self.version,
+                    self.mar.name, self.device, len(spec.labels))
+        return self.ready
+
+    def warm_up(self) -> float:
+        """One blank image through the whole pipeline before the model is ready (not in the
+        metrics): the first forward pass pays one-off set-up, which would otherwise land on a
+        user's request. Returns the seconds a warm call takes, the batcher's first estimate."""
+        p = self.classifier.spec.preprocess
+        buf = io.BytesIO()
+        Image.new("L" if p.channels == 1 else "RGB", (p.width, p.height), p.background).save(buf, "PNG")
+        self.classifier.predict([buf.getvalue()])
+        started = time.perf_counter()
+        self.classifier.predict([buf.getvalue()])
+        return time.perf_counter() - started
+
+    def get_input_types(self) -> list[dict]:
+        return [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}]
+
+    def get_output_types(self) -> list[dict]:
+        # [N, k]: k is the spec's topk unless a request asks for another
+        return [{"name": "labels", "datatype": "BYTES", "shape": [-1, -1]},
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, -1]}]
+
+    def validate(self, payload):
+        return payload  # parse_request already validated it; kserve's check expects dicts
+
+    async def preprocess(self, payload, headers: dict[str, str] | None = None) -> Job:
+        grpc = isinstance(payload, InferRequest) and payload.from_grpc
+        return Job(parse_request(payload, headers or {}, self.classifier.max_bytes), grpc)
+
+    def _run_batch(self, items: list[tuple[bytes, int | None]]) -> list[Result]:
+        """One forward pass for the images of every request in a micro-batch (a worker thread:
+        the event loop keeps answering); metrics per batch, as TorchServe's handler records them."""
+        obs = Observation()
+        with Stopwatch(obs, "handle"):
+            results = self.classifier.predict([image for image, _ in items], [k for _, k in items], obs)
+        self.metrics.record(obs)
+        return results
+
+    async def predict(self, job: Job, headers=None, response_headers=None) -> Job:
+        if job.request.error is None:
+            job.results = await self.batcher.submit([(image, job.request.topk) for image in job.request.images])
+        return job
+
+    async def postprocess(self, job: Job, headers=None, response_headers=None) -> dict | InferResponse:
+        status, body = render(job.request, job.results, self.classifier.spec)
+        if job.request.error is not None:  # refused before any batch: counted here
+            obs = Observation()
+            obs.rejected[job.request.error.reason] += 1
+            self.metrics.record(obs)
+        if status != 200:
+            raise RequestRefused(status, body)
+        if response_headers is not None:
+            response_headers["x-model-version"] = self.version
+        return grpc_response(body) if job.grpc else body
