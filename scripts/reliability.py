@@ -47,6 +47,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from scripts import archive
+from scripts.latency import quantile
 from scripts.machine import cpu_model, memory_kib
 from scripts.settings import FrontendSettings, ModelServingSettings, loopback_settings
 from scripts.torchserve import TorchServe
@@ -256,8 +257,7 @@ class Load:
 
 
 def latency_ms(samples: list[Sample], q: float) -> float:
-    xs = sorted(s.done - s.sent for s in samples)
-    return round(xs[min(len(xs) - 1, int(q * len(xs)))] * 1e3, 1) if xs else float("nan")
+    return round(quantile([s.done - s.sent for s in samples], q) * 1e3, 1)
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -633,8 +633,7 @@ def overload(ts: TorchServe, work: Workload, rs: ReliabilitySettings) -> Overloa
     recovered = serving_again(url, work, rs, rs.recover_within_s * 3)
 
     def q(status: int, p: float) -> float:
-        xs = sorted(x[1] for x in samples if x[0] == status)
-        return round(xs[min(len(xs) - 1, int(p * len(xs)))] * 1e3, 1) if xs else float("nan")
+        return round(quantile([x[1] for x in samples if x[0] == status], p) * 1e3, 1)
 
     statuses = dict(sorted(Counter(x[0] for x in samples).items()))
     mismatched = sum(x[0] == 200 and not x[2] for x in samples)

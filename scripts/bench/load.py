@@ -4,11 +4,12 @@ answer's top-1 label is checked against the expected one for its image, so a fas
 never counts as throughput."""
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
+
+from scripts.latency import quantile
 
 # A client sends image i and returns the top-1 label of the answer (raising on any error).
 Send = Callable[[int], str]
@@ -41,12 +42,8 @@ class Point:
         return self.ok / self.seconds if self.seconds else 0.0
 
     def quantile_ms(self, q: float) -> float:
-        """Nearest-rank quantile in milliseconds (NaN without data)."""
-        if not self.latencies:
-            return float("nan")
-        xs = sorted(self.latencies)
-        rank = math.ceil(q * len(xs) - 1e-9)  # 1-based; the epsilon absorbs 0.95 * 100 = 95.000...01
-        return 1e3 * xs[min(len(xs), max(1, rank)) - 1]
+        """Quantile in milliseconds (scripts/latency.py's rule; NaN without data)."""
+        return 1e3 * quantile(self.latencies, q)
 
     def to_dict(self) -> dict:
         return {"target": self.target, "concurrency": self.concurrency, "seconds": round(self.seconds, 3),

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import requests
 
+from scripts.latency import quantile
+
 TORCHSERVE_PATH = "/predictions/{model}"
 KSERVE_V1_PATH = "/v1/models/{model}:predict"
 
@@ -25,8 +27,7 @@ class LoadResult:
     seconds: float = 0.0
 
     def quantile(self, q: float) -> float:
-        xs = sorted(self.latencies)
-        return xs[min(len(xs) - 1, int(q * len(xs)))]
+        return quantile(self.latencies, q)
 
     def summary(self) -> str:
         xs = self.latencies
