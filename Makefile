@@ -24,7 +24,7 @@ setup:  ## install system packages (Java, Fashion-MNIST, chromium) and the virtu
 demo: setup  ## train → evaluate → archive → serve → predict → metrics → stop
 	$(PY) -m scripts.demo --data-dir $(DATA) --run-dir $(RUN_DIR) --model-name $(MODEL)
 
-test: setup images storage-initializer cluster-build kserve-build node-prometheus-build  ## run the test suite (unit + real TorchServe + the chart's pods from their images + a real control plane with KServe)
+test: setup images storage-initializer cluster-build kserve-build node-prometheus-build prometheus-operator-build  ## run the test suite (unit + real TorchServe + the chart's pods from their images + a real control plane with KServe)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 train: setup  ## train the quick Fashion-MNIST recipe into $(RUN_DIR)
@@ -175,7 +175,7 @@ kserve-stop: setup  ## stop KServe's manager of `make kserve-start` and remove i
 	$(PY) -m scripts.cluster kserve-stop
 
 # --- Real Kubernetes, tier 3 (a Node: Debian's containerd + runc + CNI, the kubelet): scripts/cluster/node.py
-.PHONY: node-start node-stop node-status node-import node-test node-prometheus-build
+.PHONY: node-start node-stop node-status node-import node-test node-prometheus-build prometheus-operator-build
 node-start: setup  ## containerd (build/cluster/containerd) + the kubelet registered with `make cluster`'s control plane
 	$(PY) -m scripts.cluster.node start
 
@@ -188,8 +188,11 @@ node-status: setup  ## kubelet and containerd PIDs and the Node's Ready conditio
 node-import: setup  ## podman images -> containerd (IMAGES="registry.example.com/image-classifier/torchserve:0.1.0 ...")
 	$(PY) -m scripts.cluster.node import $(IMAGES)
 
-node-test: setup images storage-initializer cluster-build kserve-build node-prometheus-build  ## tier 3 tests: a Node, our images in containerd, the chart's InferenceServices Ready and predicting
+node-test: setup images storage-initializer cluster-build kserve-build node-prometheus-build prometheus-operator-build  ## tier 3 tests: a Node, our images in containerd, the chart's InferenceServices Ready and predicting
 	$(PY) -m pytest tests/test_cluster_node.py -m integration -v -s
+
+prometheus-operator-build: setup  ## prometheus-operator v0.93.0 + the promtool of the Prometheus it links, from their Go modules into ~/.cache (once: ~8 min)
+	$(PY) -m scripts.cluster.prometheus_operator build $(PROMETHEUS_OPERATOR_BUILD_ARGS)
 
 node-prometheus-build: setup  ## upstream Prometheus with kubernetes_sd_configs (Debian's has none) from its Go module into ~/.cache (once: minutes)
 	$(PY) -m scripts.cluster.node prometheus-build
