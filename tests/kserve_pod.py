@@ -42,8 +42,10 @@ def of_kind(objs, kind: str) -> list[dict]:
 
 
 def metrics_ports(objs, isvc: dict) -> set[int]:
-    """Ports Prometheus scrapes on this model's pods: the prometheus.io/port annotation and every
-    PodMonitor whose selector matches the predictor's labels."""
+    """Ports of the model container that Prometheus scrapes: the prometheus.io/port annotation and
+    every PodMonitor whose selector matches the predictor's labels. In Knative mode those name
+    KServe's aggregation port on queue-proxy, which scrapes the container's prometheus.kserve.io/port
+    (aggregated_metrics_port): that port is the container's."""
     predictor = isvc["spec"]["predictor"]
     labels = predictor.get("labels", {})
     ports = set()
@@ -54,6 +56,11 @@ def metrics_ports(objs, isvc: dict) -> set[int]:
     if monitors and not matching:
         raise PodCheckError(f"no PodMonitor selects {isvc['metadata']['name']}'s pods (labels {labels})")
     ports |= {e["portNumber"] for m in matching for e in m["spec"]["podMetricsEndpoints"]}
+    if isvc["metadata"].get("annotations", {}).get("serving.kserve.io/deploymentMode") == "Knative":
+        if ports - {KSERVE_AGGREGATION_PORT}:
+            raise PodCheckError(f"Knative pods declare one container port: scrape {KSERVE_AGGREGATION_PORT} "
+                                f"(KServe's aggregation), not {sorted(ports - {KSERVE_AGGREGATION_PORT})}")
+        return {aggregated_metrics_port(predictor)} if ports else set()
     return ports
 
 
@@ -353,6 +360,7 @@ def knative_pod_errors(spec: dict, podspec_securitycontext: bool = False,
 
 
 KSERVE_DEFAULT_METRICS_PORT = 8080  # metrics_aggregate_injector.go defaultKserveContainerPrometheusPort
+KSERVE_AGGREGATION_PORT = 9088  # constants.QueueProxyAggregatePrometheusMetricsPort, on queue-proxy
 
 
 def aggregated_metrics_port(predictor: dict) -> int:

@@ -29,8 +29,8 @@ from scripts.cluster import kserve as kserve_mod
 from scripts.settings import KSERVE_MODEL_MOUNT, ServingSettings
 from scripts.torchserve import TorchServe
 from tests.conftest import IMAGENET_NAME, loopback_settings
-from tests.kserve_pod import (KSERVE_DOMAIN_TEMPLATE, STORAGE_INITIALIZER_IMAGE, aggregated_metrics_port,
-                              gateway_target_port, knative_pod_errors, model_host, predictor_pod,
+from tests.kserve_pod import (KSERVE_AGGREGATION_PORT, KSERVE_DOMAIN_TEMPLATE, STORAGE_INITIALIZER_IMAGE, aggregated_metrics_port,
+                              gateway_target_port, knative_pod_errors, metrics_ports, model_host, predictor_pod,
                               serving_port)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -357,8 +357,15 @@ def test_knative_metric_aggregation_scrapes_each_runtimes_metrics_port():
         runtime = p["labels"]["image-classifier/runtime"]
         ports = yaml.safe_load((CHART / "values.yaml").read_text())["ports"]
         want = ports["torchserve"]["metrics"] if runtime == "torchserve" else ports["kserveNative"]["http"]
-        assert aggregated_metrics_port(p) == want == int(p["annotations"]["prometheus.io/port"])
+        assert aggregated_metrics_port(p) == want
         assert p["annotations"]["prometheus.kserve.io/path"] == "/metrics"
+        # Prometheus scrapes KServe's aggregation port: a Knative pod declares one container port,
+        # and a PodMonitor keeps declared ports only (tests/test_prometheus_operator.py)
+        assert int(p["annotations"]["prometheus.io/port"]) == KSERVE_AGGREGATION_PORT == ports["knativeAggregatedMetrics"]
+        assert metrics_ports(objs, i) == {want}
+    monitors = of_kind(objs, "PodMonitor")
+    assert monitors and {e["portNumber"] for m in monitors for e in m["spec"]["podMetricsEndpoints"]} == \
+        {KSERVE_AGGREGATION_PORT}
     assert "prometheus.kserve.io/port" not in isvc(render(), "fashion-mnist")["spec"]["predictor"]["annotations"]
 
 

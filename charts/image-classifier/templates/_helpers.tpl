@@ -42,6 +42,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if eq .runtime "torchserve" -}}{{ .ctx.Values.ports.torchserve.metrics }}{{- else -}}{{ .ctx.Values.ports.kserveNative.http }}{{- end -}}
 {{- end -}}
 
+{{/* Port where Prometheus scrapes a model pod: the runtime's metrics port; in Knative mode
+     KServe's aggregation port on queue-proxy (a Knative pod declares one container port, and the
+     operator's PodMonitor keeps declared ports only). */}}
+{{- define "ic.scrapePort" -}}
+{{- if eq .ctx.Values.deploymentMode "Knative" -}}{{ .ctx.Values.ports.knativeAggregatedMetrics }}{{- else -}}{{ include "ic.metricsPort" . }}{{- end -}}
+{{- end -}}
+
 {{/* The UID/GID every container runs as: above 10000 so it never maps to a host user (checkov
      CKV_K8S_40); the images in docker/ create this user. */}}
 {{- define "ic.uid" -}}10001{{- end -}}
