@@ -69,7 +69,7 @@ ui: setup $(CONFIG)  ## the try-it page on 127.0.0.1:8090 for `make serve`'s mod
 	@echo "ui: the page calls the TorchServe of 'make serve' (start it first); Ctrl-C stops the page"
 	$(PY) -m scripts.ui_server --store $(STORE) $(UI_ARGS)
 
-# --- Recipes (issue 3): measured in docs/results.md ----------------------------------------------------
+# --- Recipes: measured in docs/results.md ----------------------------------------------------
 .PHONY: recipe-cpu recipe-transfer recipe-gpu
 RECIPE_CPU_ARGS ?= --width 16 --depth 2 --epochs 10 --augment --label-smoothing 0.1 --flip-tta
 TRANSFER_ARGS ?= --arch efficientnet_lite --image-size 64 --channels 3 --train-per-class 300 --epochs 10 \
@@ -97,7 +97,7 @@ recipe-transfer: setup  ## EfficientNet-Lite0 on 3,000 Fashion-MNIST images: Ima
 clean:  ## remove build outputs and runs (keeps the virtualenv and data)
 	rm -rf build runs
 
-# --- Kubernetes (issue 5): the Helm chart is the source, k8s/ is rendered from it ------------------
+# --- Kubernetes: the Helm chart is the source, k8s/ is rendered from it ------------------
 .PHONY: k8s k8s-check k8s-validate
 HELM := .tools/bin/helm
 
@@ -128,17 +128,17 @@ modelcar: setup  ## package MODEL's checkpoint (runs/$(MODEL)/model.pt) as a mod
 kind-e2e: setup  ## whole deploy on a throw-away kind cluster (needs Docker, kind, internet; never run by CI): docs/deploy.md
 	bash scripts/kind_e2e.sh
 
-# --- Monitoring (issue 6): rules, alerts and dashboard from scripts/monitoring ----------------------
+# --- Monitoring: rules, alerts and dashboard from scripts/monitoring ----------------------
 .PHONY: monitor
 monitor: setup $(CONFIG)  ## Prometheus + bounded load on the local TorchServe (make serve, else started here) → PNG of the panels
 	$(PY) -m scripts.monitoring.monitor --store $(STORE) --data-dir $(DATA) $(MONITOR_ARGS)
 
-# --- Reliability (issue 7): bad inputs, held load, overload, worker fault, rollout -----------------
+# --- Reliability: bad inputs, held load, overload, worker fault, rollout -----------------
 .PHONY: reliability
 reliability: setup $(CKPT)  ## full reliability suite on a real TorchServe (~4 min) → build/reliability/results.{md,json}
 	$(PY) -m scripts.reliability --checkpoint $(CKPT) --data-dir $(DATA) --out build/reliability $(RELIABILITY_ARGS)
 
-# --- Benchmarks (issue 7): every serving path, same model and images, one run --------------------
+# --- Benchmarks: every serving path, same model and images, one run --------------------
 .PHONY: bench bench-gpu
 bench: setup $(CKPT)  ## in-process, TorchServe REST/gRPC, KServe-native REST/gRPC, FastAPI baseline; c=1..32 (~6 min) → docs/bench/bench.{md,json,png}
 	$(PY) -m scripts.bench --checkpoint $(CKPT) --data-dir $(DATA) --out docs/bench $(BENCH_ARGS)

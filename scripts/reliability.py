@@ -1,4 +1,4 @@
-"""Reliability suite (issue 7): a real TorchServe on free loopback ports, over a store built by the
+"""Reliability suite: a real TorchServe on free loopback ports, over a store built by the
 real archiver from a real checkpoint, put through bounded scenarios. Each scenario is a function
 returning a typed result with its own pass/fail against the targets:
 

@@ -1,4 +1,4 @@
-"""In-process image-classification throughput, side by side in one run (issue 7, item 3):
+"""In-process image-classification throughput, side by side in one run:
 
   stock     TorchServe 0.12's stock `ImageClassifier` handler (PIL decode + torchvision
             transforms per image on the CPU, fp32 forward on the device)

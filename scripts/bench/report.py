@@ -1,4 +1,4 @@
-"""The bench's results: ratios within one run, the CPU targets of issue 7, a Markdown table and a
+"""The bench's results: ratios within one run, the CPU targets, a Markdown table and a
 PNG plot."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ BASELINE = "fastapi-baseline"
 BASELINE_1T = "fastapi-1-thread"  # the same app with OMP_NUM_THREADS=1: the stricter comparison
 INPROCESS = "in-process"
 TARGET_CONCURRENCY = 8
-# issue 7's CPU targets: (target, minimum throughput ratio to the baseline at concurrency 8)
+# The CPU targets: (target, minimum throughput ratio to the baseline at concurrency 8)
 THROUGHPUT_TARGETS = {"kserve-rest": 1.0, "torchserve-rest": 0.5}
 ADDED_P50_TARGET = ("kserve-rest", 2.0)  # ms over the in-process p50, at concurrency 1
 
@@ -69,7 +69,7 @@ def markdown(results: dict) -> str:
              f"{results['duration_s']} s per point after a {results['warmup_s']} s warm-up; client and "
              "servers share the same cores (loopback)",
              f"- servers: {results['servers']}", ""]
-    lines += ["## Targets (issue 7, CPU)", "", "| check | measured | met |", "| --- | --- | --- |"]
+    lines += ["## Targets (CPU)", "", "| check | measured | met |", "| --- | --- | --- |"]
     lines += [f"| {v['check']} | {fmt(v['value'], 2)} | {'yes' if v['met'] else '**no**'} |"
               for v in results["verdicts"]]
     lines += ["", "## All points", "",
