@@ -422,15 +422,7 @@ def test_every_declared_protocol_answers(plane, node, node_images, kserve, claim
         name = isvc["metadata"]["name"]
         protocol = isvc["spec"]["predictor"]["model"]["protocolVersion"]
 
-        def ready():
-            status = (get(plane, "inferenceservice", name, ns) or {}).get("status") or {}
-            return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
-
-        try:
-            wait_for(f"{ns}/{name} Ready", ready, timeout=READY_S, every=2)
-        except AssertionError:
-            pods = kubectl(plane, "get", "pods", "-n", ns, "-o", "wide", check=False).stdout
-            raise AssertionError(f"{ns}/{name} not Ready:\n{pods}") from None
+        wait_until_ready(plane, ns, name)
         image, right = inputs[family(name)]
         if protocol == "grpc-v2":
             # gRPC cannot go through the API server's HTTP/1.1 proxy and no kube-proxy makes the
@@ -445,6 +437,24 @@ def test_every_declared_protocol_answers(plane, node, node_images, kserve, claim
             answer = oip_rest(plane, ns, name, image)
         print(f"\n{ns}/{name}: Ready {time.monotonic() - t0:.0f} s after helm install; {protocol}: {answer}")
         assert next(iter(sorted(answer, key=answer.get, reverse=True))) in right, answer
+
+
+def wait_until_ready(plane, ns: str, name: str, init_container: str | None = None) -> None:
+    """Until the InferenceService's Ready condition is True; else fail with its pods, events and
+    (if named) an init container's log."""
+    def ready():
+        status = (get(plane, "inferenceservice", name, ns) or {}).get("status") or {}
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+
+    try:
+        wait_for(f"{ns}/{name} Ready", ready, timeout=READY_S, every=2)
+    except AssertionError:
+        pods = kubectl(plane, "get", "pods", "-n", ns, "-o", "wide", check=False).stdout
+        events = kubectl(plane, "get", "events", "-n", ns, check=False).stdout[-3000:]
+        logs = kubectl(plane, "logs", "-n", ns, "-l", f"serving.kserve.io/inferenceservice={name}",
+                       "-c", init_container, check=False) if init_container else None
+        raise AssertionError(f"{ns}/{name} not Ready:\n{pods}\n{events}"
+                             + (f"\n{logs.stdout}{logs.stderr}" if logs else "")) from None
 
 
 def predictor_pod_in(plane, ns: str, name: str) -> dict:
@@ -493,18 +503,7 @@ def test_s3_models_are_downloaded_by_kserves_storage_initializer(plane, node, no
         for isvc in isvcs:
             name = isvc["metadata"]["name"]
 
-            def ready():
-                status = (get(plane, "inferenceservice", name, ns) or {}).get("status") or {}
-                return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
-
-            try:
-                wait_for(f"{ns}/{name} Ready", ready, timeout=READY_S, every=2)
-            except AssertionError:
-                pods = kubectl(plane, "get", "pods", "-n", ns, "-o", "wide", check=False).stdout
-                events = kubectl(plane, "get", "events", "-n", ns, check=False).stdout[-3000:]
-                logs = kubectl(plane, "logs", "-n", ns, "-l", f"serving.kserve.io/inferenceservice={name}",
-                               "-c", "storage-initializer", check=False)
-                raise AssertionError(f"{ns}/{name} not Ready:\n{pods}\n{events}\n{logs.stdout}{logs.stderr}") from None
+            wait_until_ready(plane, ns, name, init_container="storage-initializer")
             pod = predictor_pod_in(plane, ns, name)
             [init] = pod["status"]["initContainerStatuses"]
             assert (init["name"], init["state"]["terminated"]["exitCode"]) == ("storage-initializer", 0)
