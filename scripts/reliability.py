@@ -24,7 +24,6 @@ import base64
 import io
 import json
 import os
-import platform
 import shutil
 import signal
 import struct
@@ -46,9 +45,8 @@ import requests
 from PIL import Image
 from tqdm import tqdm
 
-from scripts import archive
+from scripts import archive, machine
 from scripts.latency import quantile
-from scripts.machine import cpu_model, memory_kib
 from scripts.settings import FrontendSettings, ModelServingSettings, loopback_settings
 from scripts.torchserve import TorchServe
 
@@ -734,14 +732,6 @@ class SuiteResult:
         return all(s.passed for s in self.scenarios if getattr(s, "procedure", "") != "naive")
 
 
-def machine_info() -> dict:
-    from importlib.metadata import version
-    return {"host": platform.node(), "cpu": cpu_model(), "cores": os.cpu_count(),
-            "memory_mib": memory_kib() // 1024,
-            "os": platform.platform(), "python": platform.python_version(), "torch": version("torch"),
-            "torchserve": version("torchserve"), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
-
-
 TARGETS = {
     "bad_inputs": "each bad input a 4xx naming the problem, each valid-but-odd image the in-process answer, "
                   "good follow-ups all succeed, no 5xx, zero worker restarts",
@@ -757,7 +747,7 @@ def to_markdown(suite: SuiteResult, rs: ReliabilitySettings, note: str = "") -> 
     lines = [f"# Reliability suite results ({suite.mode})", "",
              f"- date: {suite.started} ({suite.seconds:.0f} s)",
              f"- command: `{suite.command}`",
-             f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_mib']} MiB, {m['os']}; Python {m['python']}, "
+             f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['platform']}; Python {m['python']}, "
              f"torch {m['torch']}, TorchServe {m['torchserve']}; load average at start {m['load_average_at_start']}"
              f", at end {m.get('load_average_at_end')}",
              f"- overall: {'PASS' if suite.passed else 'FAIL'}", ""]
@@ -797,7 +787,7 @@ def run_suite(checkpoint: Path, data_dir: Path, out: Path, rs: ReliabilitySettin
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    suite = SuiteResult(mode, datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), 0.0, machine_info(), command)
+    suite = SuiteResult(mode, datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), 0.0, machine.describe(), command)
     model_settings = ModelServingSettings()
     say = (lambda text: tqdm.write(text)) if progress else (lambda text: None)
     say(f"reliability: building the store in {out / 'store'}")

@@ -8,41 +8,24 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from model import data
-from scripts import archive
-from scripts.machine import cpu_model, memory_kib
+from scripts import archive, machine
 from scripts.bench import report, targets
 from scripts.bench.load import run_point
 from scripts.settings import ModelServingSettings
 
 ALL_TARGETS = ("in-process", "fastapi-baseline", "fastapi-1-thread", "kserve-rest", "kserve-grpc", "torchserve-rest",
                "torchserve-grpc")
-
-
-def machine() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=targets.REPO).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
-    return {"cpu": cpu_model(), "cores": os.cpu_count(),
-            "memory_gib": round(memory_kib() / 2**20, 1), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "commit": commit}
 
 
 def test_images(data_dir: Path, n: int) -> list[bytes]:
@@ -192,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "mode": args.mode, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python -m scripts.bench", *map(shlex.quote, argv if argv is not None else sys.argv[1:])]),
-        "machine": machine(), "model": f"{args.model_name} ({args.checkpoint})", "images": len(images),
+        "machine": machine.describe(), "model": f"{args.model_name} ({args.checkpoint})", "images": len(images),
         "duration_s": args.duration, "warmup_s": args.warmup, "wall_s": round(time.time() - started, 1),
         "servers": "; ".join(servers), "points": points, "inprocess_batches": results_batches,
         "notes": notes,
