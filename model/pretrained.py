@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import torch
 
 from model import imagenet, nets
+from model.presets import IMAGENET_SPEC
 
 # torchvision's ImageNet normalization (all its ImageNet weights use it)
 TORCHVISION_MEAN, TORCHVISION_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -100,7 +101,6 @@ def load_pretrained(net: torch.nn.Module, arch: str, kwargs: dict, download: boo
 def normalization(arch: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean/std the ImageNet weights were trained with (gray input: the channel average)."""
     if arch == "efficientnet_lite":
-        from model.presets import IMAGENET_SPEC
         mean, std = IMAGENET_SPEC.mean, IMAGENET_SPEC.std
     else:
         mean, std = TORCHVISION_MEAN, TORCHVISION_STD

@@ -15,17 +15,25 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 
-matplotlib.use("Agg")  # files only: no display here or in CI
-import matplotlib.pyplot as plt  # noqa: E402
+from handlers.classifier import ImageClassifier
+from handlers.spec import ArchSpec, ModelSpec
+from model import checkpoint, data, evaluate, presets, train_args
+from model.utils import pick_device, set_threads
 
-from handlers.classifier import ImageClassifier  # noqa: E402
-from handlers.spec import ArchSpec, ModelSpec  # noqa: E402
-from model import checkpoint, data, evaluate, presets, train  # noqa: E402
-from model.utils import pick_device, set_threads  # noqa: E402
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display here or in CI). Loaded when a
+    plot is drawn, not when training imports this module: a GPU machine's own Python may train
+    with --no-report and no matplotlib installed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def topk_accuracy(logits: torch.Tensor, y: torch.Tensor, k: int) -> float:
@@ -57,6 +65,7 @@ def latency_ms(net, spec, labels, images, device: str, repeats: int = 3) -> dict
 
 
 def plot_confusion(matrix, labels, path: Path) -> Path:
+    plt = pyplot()
     m = np.asarray(matrix, dtype=float)
     m = m / np.maximum(m.sum(1, keepdims=True), 1)
     size = max(5, 0.45 * len(labels))
@@ -80,6 +89,7 @@ def plot_confusion(matrix, labels, path: Path) -> Path:
 def plot_curves(history: list[dict], path: Path) -> Path | None:
     if not history:
         return None
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
@@ -139,12 +149,12 @@ def sample_images(ds, n: int = LATENCY_IMAGES) -> list:
 
 def load_test_set(ckpt: dict, spec, latency_images: int = LATENCY_IMAGES) -> TestSet:
     """The checkpoint's run's splits again, from the arguments it recorded."""
-    run_args = train.get_args_parser().parse_args([])  # defaults, then what the run recorded
+    run_args = train_args.parser().parse_args([])  # defaults, then what the run recorded
     for k, v in ckpt["args"].items():
         setattr(run_args, k, Path(v) if k in ("data_dir", "image_folder", "csv", "csv_root", "manifest",
                                               "clean_report") and v else v)
     run_args.test_limit = ckpt["args"].get("test_limit")
-    train_ds, _, test_ds = train.load_splits(run_args)
+    train_ds, _, test_ds = train_args.load_splits(run_args)
     x = presets.images_to_uint8(data.pil_images(test_ds), spec, desc="preprocess test")
     return TestSet(x, data.labels_tensor(test_ds), data.labels_tensor(train_ds),
                    sample_images(test_ds, latency_images))

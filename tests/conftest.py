@@ -139,7 +139,7 @@ def assert_archive_serves_like_the_checkpoint(ckpt_path: Path, name: str, sample
     spec, _ = archive.model_spec_from_checkpoint(ckpt, name, "1.0")
     reference = ImageClassifier(checkpoint.build_net(ckpt), spec)
     assert [ctx.get_response_status(i)[0] for i in range(len(rows))] == [200] * len(rows)
-    for result, row in zip(out, rows):
+    for result, row in zip(out, rows, strict=True):
         assert_same_topk(result, reference.predict([bytes(row["body"])])[0])
 
 

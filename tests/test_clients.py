@@ -37,7 +37,7 @@ def test_every_torchserve_protocol_gives_the_same_topk(endpoints, pngs):
     for got in (clients.rest_v1(url, MODEL_NAME, pngs), clients.rest_v2(url, MODEL_NAME, pngs),
                 [clients.grpc_native(target, MODEL_NAME, p) for p in pngs]):
         assert len(got) == len(native)
-        for a, b in zip(got, native):
+        for a, b in zip(got, native, strict=True):
             assert_same_topk(a, b)
 
 
@@ -95,7 +95,7 @@ def test_every_protocol_takes_every_format(protocol, formats, endpoints, unpacke
     reference = ImageClassifier.load(unpacked_mar)
     names, bodies = list(formats), list(formats.values())
     got = predict.predict_with(protocol, bodies, MODEL_NAME, url, target, None)
-    for name, body, answer in zip(names, bodies, got):
+    for name, body, answer in zip(names, bodies, got, strict=True):
         expected = reference.predict([body])[0]
         assert list(answer) == list(expected), name
         assert answer == pytest.approx(expected, abs=1e-5), name

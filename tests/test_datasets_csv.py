@@ -2,9 +2,11 @@
 import csv
 import io
 import json
+import os
 import shutil
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +151,33 @@ def test_inspect_image_accepts_real_images_of_any_format(test_split):
 
 def test_report_summary_without_drops():
     assert CleanReport(csv="a.csv", rows=3, kept=3).summary() == "a.csv: kept 3 of 3 rows"
+
+
+def test_paths_outside_the_root_are_read_as_written(case, test_split, tmp_path):
+    """Relative paths start at the root, `..` included, so they may leave it; absolute paths are
+    used as they are, whatever the root. Each row is still checked like any other (missing file,
+    duplicate bytes), and the ids and the report keep the path as the CSV wrote it."""
+    root, good, _ = case
+    lists = tmp_path / "lists"  # the CSV's folder, the default root: none of the images is under it
+    lists.mkdir()
+    absolute = str(root / good[0][0])
+    upward = os.path.relpath(root / good[1][0], lists)
+    assert upward.startswith("..") and not Path(absolute).is_relative_to(lists)
+    rows = [(absolute, good[0][1]), (upward, good[1][1]),
+            (os.path.relpath(root / good[0][0], lists), good[0][1]),  # good[0] again, by another path
+            ("../nowhere/x.png", "Bag"), (str(tmp_path / "nowhere" / "y.png"), "Bag")]
+    (lists / "l.csv").write_text("path,label\n" + "".join(f"{p},{label}\n" for p, label in rows))
+    for given_root in (None, tmp_path / "a" / "b" / "c"):  # absolute paths ignore the root
+        ds = load_csv(lists / "l.csv", root=given_root)
+        if given_root is None:
+            assert data.item_ids(ds) == [absolute, upward]
+            for k, index in enumerate((good[0][2], good[1][2])):
+                assert np.array_equal(np.array(ds[k][0]), np.array(test_split[index][0]))
+                assert ds.classes[ds.targets[k]] == rows[k][1]
+            dropped = {(d.path, d.reason, d.detail) for d in ds.report.dropped}
+            assert dropped == {(rows[2][0], "duplicate", f"same bytes as line 2 ({absolute}, label {good[0][1]})"),
+                               ("../nowhere/x.png", "missing_file", str(lists / "../nowhere/x.png")),
+                               (rows[4][0], "missing_file", rows[4][0])}
+        else:  # relative rows now start in a/b/c, from where they lead nowhere
+            assert data.item_ids(ds) == [absolute]
+            assert ds.report.counts() == {"missing_file": 4}

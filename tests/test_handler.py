@@ -32,7 +32,7 @@ def test_handler_returns_topk_for_real_images(handler_and_context, samples, unpa
     out, statuses = run_batch(handler, ctx, rows)
     reference = ImageClassifier.load(unpacked_mar)
     assert len(out) == len(listed)
-    for result, status, row in zip(out, statuses, rows):
+    for result, status, row in zip(out, statuses, rows, strict=True):
         assert status[0] == 200
         assert len(result) == 5 and list(result.values()) == sorted(result.values(), reverse=True)
         assert_same_topk(result, reference.predict([bytes(row["body"])])[0])
@@ -60,7 +60,7 @@ def test_unknown_json_is_rejected_by_name(handler_and_context):
     assert "list" in out[1]["error"]
 
 
-def test_each_request_of_a_batch_speaks_its_own_protocol(handler_and_context, samples):
+def test_each_request_of_a_batch_speaks_its_own_protocol(handler_and_context, samples, unpacked_mar):
     handler, ctx = handler_and_context
     out_dir, listed = samples
     pngs = [(out_dir / s["file"]).read_bytes() for s in listed[:3]]
@@ -76,7 +76,9 @@ def test_each_request_of_a_batch_speaks_its_own_protocol(handler_and_context, sa
     out, statuses = run_batch(handler, ctx, rows)
     assert [s[0] for s in statuses] == [200] * 5
     assert next(iter(out[0])) == listed[0]["label"] and next(iter(out[1])) == listed[1]["label"]
-    assert list(out[2]) == list(out[2])[:2] and next(iter(out[2])) == listed[2]["label"]
+    # ?topk=2: exactly the in-process top 2 (the default k is 5)
+    assert len(out[2]) == 2 and next(iter(out[2])) == listed[2]["label"]
+    assert_same_topk(out[2], ImageClassifier.load(unpacked_mar).predict([pngs[2]], topk=2)[0])
     preds = out[3]["predictions"]
     assert next(iter(preds[0])) == listed[0]["label"] and next(iter(preds[2])) == listed[1]["label"]
     assert preds[1]["reason"] == "invalid_base64" and preds[1]["error"].startswith("instances[1]")

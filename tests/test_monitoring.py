@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import prometheus_client
 import pytest
 import yaml
+from PIL import Image
 
 from handlers import metrics as hm
 from scripts import k8s_render
@@ -229,3 +232,40 @@ def test_local_prometheus_config_passes_promtool(tmp_path):
 def test_load_goes_to_loopback_only():
     with pytest.raises(ValueError):
         load.run_load("http://example.com:8080", "m", [b""], count=1, seconds=1)
+
+
+# --- `make monitor`: the panels rendered from a live Prometheus ----------------------------------
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian prometheus not installed")
+def test_make_monitor_renders_every_panel_from_live_data(torchserve, data_dir, tmp_path, monkeypatch, capsys):
+    """`make monitor` against a running TorchServe (as after `make serve`): a real Prometheus on
+    a free port, a bounded load, then each dashboard panel drawn from Prometheus into one PNG.
+    Every panel has series (the GPU one only where a GPU is), and the Prometheus is stopped."""
+    from scripts.monitoring import monitor
+
+    s = torchserve.settings
+    for field in ("host", "inference_port", "management_port", "metrics_port", "grpc_inference_port",
+                  "grpc_management_port"):
+        monkeypatch.setenv(f"SERVE_{field.upper()}", str(getattr(s, field)))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its Prometheus' folder: here, not in /tmp
+    out = tmp_path / "monitor" / "dashboard.png"
+    # a store that does not exist: the running TorchServe must be used, none started
+    assert monitor.main(["--store", str(tmp_path / "no-store"), "--data-dir", str(data_dir), "--requests", "150",
+                         "--seconds", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"using the running TorchServe ({s.metrics_url})" in printed
+    drawn = dict(re.findall(r"^  (.+): (\d+) series$", printed, re.M))
+    assert list(drawn) == [p.title for p in dashboard.PANELS]
+    gpu = {p.title for p in dashboard.PANELS if any(names.GPU_UTILIZATION in q.expr for q in p.queries)}
+    assert len(gpu) == 1
+    has_gpu = shutil.which("nvidia-smi") is not None
+    empty = [title for title, n in drawn.items() if int(n) == 0 and (has_gpu or title not in gpu)]
+    assert not empty, empty
+    with Image.open(out) as img:
+        rows = -(-len(dashboard.PANELS) // 3)
+        assert img.format == "PNG" and img.size == (3 * 6 * 80, round(rows * 3.6 * 80))
+        assert len(img.convert("RGB").getcolors(1 << 20)) > 16  # lines and text, not a blank page
+    host, port = re.search(r"^monitor: Prometheus http://([0-9.]+):(\d+) ", printed, re.M).groups()
+    with pytest.raises(ConnectionRefusedError):  # stopped after rendering
+        socket.create_connection((host, int(port)), timeout=5).close()

@@ -112,17 +112,44 @@ def monitored(torchserve, kserve_runtime, samples, tmp_path_factory):
         }
         for result in results.values():
             assert result.latencies, result.summary()
-        # the last scrapes and rule evaluations after the load
-        for job in JOBS.values():
-            prom.wait_for(f'{rules.REJECTED_RATE}{{job="{job}", {names.REASON}="invalid_image"}} > 0', timeout=15)
-        time.sleep(2.5)
-        yield Monitored(PinnedPrometheus(prom, time.time()), results, rejected_before, metrics_urls, warmup_max)
+        # Pin the queries once Prometheus holds the whole load (no fixed sleep): a scrape of each
+        # job shows the counters its runtime reports now, and the rules were evaluated after it.
+        pinned = wait_until_scraped_and_evaluated(prom, metrics_urls, timeout=30)
+        yield Monitored(PinnedPrometheus(prom, pinned), results, rejected_before, metrics_urls, warmup_max)
     finally:
         prom.stop()
 
 
 def values(prom: Prometheus, expr: str) -> list[float]:
     return [float(s["value"][1]) for s in prom.query(expr)]
+
+
+def wait_until_scraped_and_evaluated(prom: Prometheus, metrics_urls: dict[str, str], timeout: float) -> float:
+    """A time at which Prometheus has scraped the end of the load from every runtime and evaluated
+    every rule on it. The load is over: each runtime's own rejected/stage counters no longer move,
+    so Prometheus holds the end once its latest samples equal them; a recorded series stamped
+    after that moment was computed from them. Polls until `timeout`, then fails naming what lags."""
+    deadline = time.monotonic() + timeout
+    counters = (names.REJECTED, f"{names.STAGE_SECONDS}_count")
+    final = {(rt, c): metric_value(requests.get(url, timeout=10).text, c, **{names.MODEL: MODEL_NAME})
+             for rt, url in metrics_urls.items() for c in counters}
+
+    def lagging() -> dict:
+        got = {(rt, c): sum(values(prom, f'{c}{{{names.MODEL}="{MODEL_NAME}", job="{JOBS[rt]}"}}'))
+               for rt, c in final}
+        return {k: (got[k], final[k]) for k in final if got[k] != final[k]}
+
+    while lag := lagging():
+        assert time.monotonic() < deadline, f"Prometheus never scraped the end of the load: (has, runtime) {lag}"
+        time.sleep(0.25)
+    scraped = time.time()
+    recorded = sorted({r["record"] for r in rules.recording_rules()})
+    while True:  # a recorded series' sample time is its rule's last evaluation
+        oldest = [t for name in recorded for t in values(prom, f"min(timestamp({name}))")]
+        if oldest and min(oldest) > scraped:
+            return time.time()
+        assert time.monotonic() < deadline, f"no rule evaluated after the last scrape ({scraped}): {oldest}"
+        time.sleep(0.25)
 
 
 @pytest.mark.parametrize("runtime, count", [(TORCHSERVE, 240), (KSERVE_NATIVE, 120)])

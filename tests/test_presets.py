@@ -35,10 +35,15 @@ def test_train_augment_keeps_shape_and_pixels():
 
 
 def test_train_augment_flip_only_mirrors_images():
-    x = torch.arange(2 * 3 * 4, dtype=torch.uint8).reshape(2, 1, 3, 4)
+    """Each image comes back as itself or its exact mirror, and both happen (p = 0.5 over 16
+    images): a flip that never fires, or mangles the pixels, fails."""
+    x = torch.arange(16 * 3 * 4, dtype=torch.uint8).reshape(16, 1, 3, 4)  # no image is its own mirror
     out = presets.train_augment(x, pad=0, flip=True, generator=torch.Generator().manual_seed(3))
-    for a, b in zip(out, x):
-        assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
+    kept = [torch.equal(a, b) for a, b in zip(out, x, strict=True)]
+    mirrored = [torch.equal(a, b.flip(-1)) for a, b in zip(out, x, strict=True)]
+    assert all(k != m for k, m in zip(kept, mirrored, strict=True))  # exactly one of the two, per image
+    assert any(kept) and any(mirrored), kept
+    assert torch.equal(presets.train_augment(x, pad=0, flip=False), x)
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -1,6 +1,10 @@
-"""The reliability suite's fast subset (issue 7) on a real TorchServe: every bad input, a short
-overload burst and a worker SIGKILL. The full suite (60 s load, rollout) is `make reliability`."""
+"""The reliability suite (issue 7) on real TorchServes: run_suite end to end (the quick subset, as
+`make reliability RELIABILITY_ARGS=--quick` runs it), then each scenario on this module's own
+server: every bad input, a short overload burst, a worker SIGKILL and, last, the rollout to
+version 2. The full suite (60 s load, naive rollout too) is `make reliability`."""
 import io
+import json
+import socket
 
 import pytest
 import requests
@@ -31,6 +35,38 @@ def test_matches_needs_the_same_top1_and_probabilities():
     assert not reliability.matches({"Shirt": 0.9, "Bag": 0.09}, ref, 1e-4)
     assert not reliability.matches({"Bag": 0.8, "Shirt": 0.19}, ref, 1e-4)
     assert not reliability.matches({"error": "x"}, ref, 1e-4)
+
+
+def test_the_quick_suite_runs_end_to_end_and_records_its_results(trained, data_dir, tmp_path, monkeypatch):
+    """The CLI (`python -m scripts.reliability --quick`): its own TorchServe on free loopback ports,
+    every quick scenario passing, results.json/.md and the --record copy written, the server
+    stopped. Runs before this module's own server starts, so the two never compete for the CPUs."""
+    started = []
+
+    def settings():  # the suite's own choice of ports, noted to check they are closed after
+        started.append(loopback_settings())
+        return started[-1]
+
+    monkeypatch.setattr(reliability, "loopback_settings", settings)
+    out, record = tmp_path / "out", tmp_path / "docs" / "reliability.md"
+    rc = reliability.main(["--checkpoint", str(trained), "--data-dir", str(data_dir), "--out", str(out), "--quick",
+                           "--load-seconds", "3", "--no-progress", "--record", str(record), "--note", "from a test"])
+    results = json.loads((out / "results.json").read_text())
+    scenarios = {s["name"]: s for s in results["scenarios"]}
+    assert list(scenarios) == ["bad_inputs", "held_load", "overload", "worker_fault"]  # quick: no rollout
+    assert rc == 0 and results["passed"], [s["summary"] for s in scenarios.values() if not s["passed"]]
+    assert results["mode"] == "quick" and results["settings"]["load_seconds"] == 3
+    assert scenarios["held_load"]["statuses"] == {"200": scenarios["held_load"]["requests"]}
+    assert scenarios["worker_fault"]["worker_restarts"] == 1
+    assert "from a test" not in results["command"] and "--load-seconds 3" in results["command"]
+    markdown = (out / "results.md").read_text()
+    assert record.read_text() == markdown and "- overall: PASS" in markdown and "\nfrom a test\n" in markdown
+    for name in scenarios:
+        assert any(line.startswith(f"| {name} |") and line.endswith("| PASS |") for line in markdown.splitlines())
+    (used,) = started
+    for port in (used.inference_port, used.management_port, used.metrics_port):
+        with pytest.raises(ConnectionRefusedError):  # its TorchServe was stopped
+            socket.create_connection((used.host, port), timeout=5).close()
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +133,19 @@ def test_worker_sigkill_under_load_recovers_within_15s(suite):
     assert result.recovery_s <= 15, result.summary()
     assert result.failed <= result.in_flight_at_kill, result.summary()
     assert result.passed, result.summary()
+
+
+def test_rollout_to_version_2_under_load_loses_no_request(suite):
+    """Last in this module: it changes the served version. Register 2.0 (in the model store, not
+    in the snapshot), make it the default and unregister 1.0 while clients keep sending: no request
+    fails or gets another's answer, 1.0 answers before the switch, never after, and 2.0 alone is
+    left, READY."""
+    ts, store, _, work = suite
+    assert [d["modelVersion"] for d in ts.model_status(MODEL_NAME)] == ["1.0"]
+    result = reliability.rollout(ts, work, RS, store.v2_mar, "2.0", "1.0")
+    assert result.failed == 0 and result.mismatched == 0, result.summary()
+    assert result.answers_by_version.get("1.0", 0) > 0 and result.answers_by_version.get("2.0", 0) > 0, result.summary()
+    assert result.old_version_after_switch == 0, result.summary()
+    assert result.passed, result.summary()
+    (left,) = ts.model_status(MODEL_NAME)
+    assert left["modelVersion"] == "2.0" and [w["status"] for w in left["workers"]] == ["READY"]
