@@ -22,7 +22,7 @@ import torch
 from handlers.spec import WEIGHTS_FILE, ArchSpec, ModelSpec
 from model import checkpoint, nets
 from scripts.runtime.mar import read_manifest
-from scripts.settings import KSERVE_MODEL_MOUNT, FrontendSettings, ModelServingSettings, ServingSettings
+from scripts.settings import DEFAULT_MODEL, KSERVE_MODEL_MOUNT, FrontendSettings, ModelServingSettings, ServingSettings
 
 REPO = Path(__file__).resolve().parent.parent
 HANDLERS_DIR = REPO / "handlers"
@@ -173,7 +173,7 @@ def archive(checkpoint_path: Path, out: Path, name: str, version: str = "1.0", t
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--model-name", default="fashion-mnist")
+    p.add_argument("--model-name", default=DEFAULT_MODEL)
     p.add_argument("--version", default="1.0")
     p.add_argument("--topk", type=int, default=5, help="labels returned per prediction by default")
     p.add_argument("--out", type=Path, default=Path("build/serve"), help="storage layout root")

@@ -16,7 +16,7 @@ from model import data, evaluate, imagenet, train
 from scripts import archive
 from scripts.predict import PredictError, predict
 from handlers.metrics import PREDICTIONS, REJECTED
-from scripts.settings import METRIC_LATENCY_US, METRIC_REQUESTS_TOTAL, ServingSettings
+from scripts.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL, METRIC_LATENCY_US, METRIC_REQUESTS_TOTAL, ServingSettings
 from scripts.torchserve import TorchServe, TorchServeError
 
 
@@ -28,9 +28,9 @@ def step(title: str) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data-dir", type=Path, default=Path("data"))
-    p.add_argument("--run-dir", type=Path, default=Path("runs/fashion-mnist"))
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_CHECKPOINT.parent)
     p.add_argument("--build-dir", type=Path, default=Path("build"))
-    p.add_argument("--model-name", default="fashion-mnist")
+    p.add_argument("--model-name", default=DEFAULT_MODEL)
     p.add_argument("--imagenet-name", default="imagenet")
     p.add_argument("--epochs", type=int, default=None, help="override the quick recipe's epochs")
     args = p.parse_args(argv)
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     mar, config = archive.archive(ckpt, store, args.model_name)
     mar2, _ = archive.archive(imagenet_ckpt, store, args.imagenet_name)
     print(f"archives: {mar}, {mar2}\nconfig:   {config}")
-    samples = data.export_samples(data.load("fashion-mnist", args.data_dir, train=False), samples_dir)
+    samples = data.export_samples(data.load(DEFAULT_MODEL, args.data_dir, train=False), samples_dir)
     Image.fromarray(skdata.chelsea()).save(samples_dir / "chelsea.jpg", quality=92)
     print(f"{len(samples)} real test images and a cat photo written to {samples_dir}")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from scripts import clients
 from scripts.clients import PredictError
-from scripts.settings import ServingSettings
+from scripts.settings import DEFAULT_MODEL, ServingSettings
 
 __all__ = ["PredictError", "predict", "main"]
 
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     settings = ServingSettings.from_env()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--model", default="fashion-mnist")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--protocol", choices=clients.PROTOCOLS, default="rest")
     p.add_argument("--url", default=settings.inference_url, help="REST base URL")
     p.add_argument("--grpc-target", default=f"{settings.host}:{settings.grpc_inference_port}")

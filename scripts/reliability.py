@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from scripts import archive, machine
 from scripts.latency import quantile
-from scripts.settings import FrontendSettings, ModelServingSettings, loopback_settings
+from scripts.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL, FrontendSettings, ModelServingSettings, loopback_settings
 from scripts.torchserve import TorchServe
 
 Answer = dict[str, float]
@@ -58,7 +58,7 @@ Answer = dict[str, float]
 class ReliabilitySettings:
     """Bounds and targets of every scenario (defaults: the full suite; `quick()`: the fast subset)."""
 
-    model: str = "fashion-mnist"
+    model: str = DEFAULT_MODEL
     job_queue_size: int = 32  # ≥ load concurrency (no 503 under held load), ≪ overload burst
     request_timeout_s: float = 60.0  # > worker restart time: queued requests wait for the new worker
     match_tolerance: float = 1e-4  # batched vs single forward passes differ by float noise
@@ -794,7 +794,7 @@ def run_suite(checkpoint: Path, data_dir: Path, out: Path, rs: ReliabilitySettin
     store = build_store(checkpoint, out / "store", rs, model_settings)
     reference = Reference(store.root / "model-store" / store.v1_mar)
     data.ensure_fashion_mnist(data_dir)
-    samples = data.export_samples(data.load("fashion-mnist", data_dir, train=False), out / "samples", per_class=4)
+    samples = data.export_samples(data.load(DEFAULT_MODEL, data_dir, train=False), out / "samples", per_class=4)
     images = [(out / "samples" / s["file"]).read_bytes() for s in samples]
     work = Workload.from_images(images, reference)
     photo = encode(Image.fromarray(skdata.chelsea()), "JPEG", quality=90)
@@ -840,7 +840,7 @@ def run_suite(checkpoint: Path, data_dir: Path, out: Path, rs: ReliabilitySettin
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=Path("runs/fashion-mnist/model.pt"))
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--out", type=Path, default=Path("build/reliability"), help="results, store and logs")
     p.add_argument("--quick", action="store_true", help="the fast subset (no rollout, short load)")

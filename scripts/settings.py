@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Mapping
 
 from handlers.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
@@ -22,6 +23,11 @@ from scripts.process import free_ports
 # TorchServe's own Prometheus metric names that the tools read.
 METRIC_REQUESTS_TOTAL = "ts_inference_requests_total"
 METRIC_LATENCY_US = "ts_inference_latency_microseconds"
+
+# The default model: trained on the default dataset (model/data.py, Fashion-MNIST) under its name,
+# kept in runs/<name>/, served under that name (the Makefile's MODEL too: tests/test_settings.py).
+DEFAULT_MODEL = "fashion-mnist"
+DEFAULT_CHECKPOINT = Path("runs") / DEFAULT_MODEL / "model.pt"
 
 # Where KServe's storage initializer puts the storageUri contents inside the pod.
 KSERVE_MODEL_MOUNT = "/mnt/models"

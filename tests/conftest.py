@@ -13,10 +13,10 @@ from PIL import Image
 
 from model import data, imagenet, train
 from scripts import archive
-from scripts.settings import loopback_settings
+from scripts.settings import DEFAULT_MODEL, loopback_settings
 from scripts.torchserve import TorchServe
 
-MODEL_NAME = "fashion-mnist"
+MODEL_NAME = DEFAULT_MODEL
 IMAGENET_NAME = "imagenet"
 
 
@@ -44,7 +44,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def test_split(data_dir):
-    return data.load("fashion-mnist", data_dir, train=False)
+    return data.load(DEFAULT_MODEL, data_dir, train=False)
 
 
 @pytest.fixture(scope="session")

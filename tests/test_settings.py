@@ -35,3 +35,23 @@ def test_cors_origin_defaults_to_the_try_it_page_and_can_be_set():
     assert ServingSettings(ui_port=9999).allowed_origin == "http://127.0.0.1:9999"
     s = ServingSettings.from_env({"SERVE_CORS_ORIGIN": "https://demo.example.org"})
     assert s.torchserve_properties()["cors_allowed_origin"] == "https://demo.example.org"
+
+
+def test_one_default_model_name():
+    """The Makefile's MODEL, the default dataset (model/data.py cannot import the tools) and every
+    tool's default are scripts.settings.DEFAULT_MODEL."""
+    import argparse
+    import re
+    from pathlib import Path
+
+    from model import data
+    from scripts import archive
+    from scripts.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL
+
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert re.search(r"^MODEL\s*\?=\s*(\S+)", makefile, re.M).group(1) == DEFAULT_MODEL
+    p = argparse.ArgumentParser()
+    data.add_source_args(p)
+    assert p.get_default("dataset") == DEFAULT_MODEL in data.LOADERS
+    assert archive.get_args_parser().get_default("model_name") == DEFAULT_MODEL
+    assert DEFAULT_CHECKPOINT.parent.name == DEFAULT_MODEL

@@ -22,7 +22,7 @@ from model import data
 from scripts import archive, machine
 from scripts.bench import report, targets
 from scripts.bench.load import run_point
-from scripts.settings import ModelServingSettings
+from scripts.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL, ModelServingSettings
 
 ALL_TARGETS = ("in-process", "fastapi-baseline", "fastapi-1-thread", "kserve-rest", "kserve-grpc", "torchserve-rest",
                "torchserve-grpc")
@@ -31,7 +31,7 @@ ALL_TARGETS = ("in-process", "fastapi-baseline", "fastapi-1-thread", "kserve-res
 def test_images(data_dir: Path, n: int) -> list[bytes]:
     """The first `n` real Fashion-MNIST test images, PNG-encoded as a client would send them."""
     data.ensure_fashion_mnist(data_dir)
-    ds = data.load("fashion-mnist", data_dir, train=False)
+    ds = data.load(DEFAULT_MODEL, data_dir, train=False)
     out = []
     for img in data.pil_images(ds):
         buf = io.BytesIO()
@@ -71,9 +71,9 @@ def batch_setting(text: str) -> tuple[int, int]:
 def get_args_parser() -> argparse.ArgumentParser:
     d = ModelServingSettings()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=Path("runs/fashion-mnist/model.pt"),
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                    help="the model to serve (make train writes the default)")
-    p.add_argument("--model-name", default="fashion-mnist")
+    p.add_argument("--model-name", default=DEFAULT_MODEL)
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="Fashion-MNIST (test images)")
     p.add_argument("--images", type=int, default=32, help="distinct real test images sent round-robin")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])

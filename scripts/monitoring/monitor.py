@@ -15,7 +15,7 @@ import requests
 
 from scripts.monitoring import dashboard, load, render, rules
 from scripts.monitoring.prometheus import Prometheus, write_config
-from scripts.settings import ServingSettings
+from scripts.settings import DEFAULT_MODEL, ServingSettings
 from scripts.torchserve import TorchServe
 
 
@@ -28,7 +28,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def sample_images(data_dir: Path, out: Path) -> list[bytes]:
     from model import data
     data.ensure_fashion_mnist(data_dir)
-    listed = data.export_samples(data.load("fashion-mnist", data_dir, train=False), out)
+    listed = data.export_samples(data.load(DEFAULT_MODEL, data_dir, train=False), out)
     return [(out / s["file"]).read_bytes() for s in listed]
 
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--store", type=Path, default=Path("build/serve"))
     ap.add_argument("--data-dir", type=Path, default=Path("data"))
-    ap.add_argument("--model", default="fashion-mnist")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--requests", type=int, default=2000, help="at most this many requests")
     ap.add_argument("--seconds", type=float, default=20, help="and for at most this long")
     ap.add_argument("--out", type=Path, default=Path("build/monitor/dashboard.png"))
