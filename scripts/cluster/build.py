@@ -27,6 +27,10 @@ KSERVE_MODULE = "github.com/kserve/kserve"
 KSERVE_VERSION = "v0.20.0"
 # Where Go is when it is not on PATH (the machine image puts it there).
 GO_FALLBACKS = ("/usr/local/go/bin/go",)
+# The environment of every `go build` of an upstream program here: static, the module's own go.sum.
+GO_ENV = {"CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
+# The kubectl scripts/setup.sh installs (the cluster's clients use it with their own kubeconfig).
+KUBECTL = Path(__file__).resolve().parents[2] / ".tools" / "bin" / "kubectl"
 
 
 class BuildError(RuntimeError):

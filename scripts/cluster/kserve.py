@@ -62,7 +62,6 @@ BINARY = "kserve-manager"
 # builds a new binary beside the old one.
 PACKAGE = "./cmd/manager"
 GO_BUILD_FLAGS = ("-trimpath", "-ldflags", "-s -w")
-GO_ENV = {"CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
 # KServe's CRDs the manager watches or its webhooks and controllers read (config/crd/full).
 CRD_FILES = (
     "serving.kserve.io_inferenceservices.yaml",
@@ -89,7 +88,7 @@ def log(message: str) -> None:
 
 def recipe_hash() -> str:
     recipe = json.dumps({"module": MODULE, "version": VERSION, "package": PACKAGE,
-                         "flags": GO_BUILD_FLAGS, "env": GO_ENV}, sort_keys=True)
+                         "flags": GO_BUILD_FLAGS, "env": build.GO_ENV}, sort_keys=True)
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
@@ -142,7 +141,7 @@ def build_manager(force: bool = False) -> Path:
         tmp.mkdir(parents=True)
         work = tmp / "src"
         _writable_copy(src, work)
-        env = dict(os.environ, **GO_ENV)
+        env = dict(os.environ, **build.GO_ENV)
         env.setdefault("GOTOOLCHAIN", "local")
         cmd = [go, "build", *GO_BUILD_FLAGS, "-o", str(tmp / BINARY), PACKAGE]
         proc = subprocess.run(cmd, cwd=work, env=env, stdout=subprocess.PIPE,
@@ -241,7 +240,6 @@ def crds(src: Path) -> list[Path]:
 
 # --- the running manager -------------------------------------------------------------------------
 
-KUBECTL = Path(__file__).resolve().parents[2] / ".tools" / "bin" / "kubectl"
 
 
 @dataclass
@@ -291,9 +289,9 @@ class KServe:
     # --- kubectl ------------------------------------------------------------------------------
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True,
                 timeout: float = 180) -> subprocess.CompletedProcess:
-        if not KUBECTL.exists():
-            raise KServeError(f"{KUBECTL} missing: run `bash scripts/setup.sh`")
-        proc = subprocess.run([str(KUBECTL), f"--kubeconfig={self.plane.kubeconfig}", *args],
+        if not build.KUBECTL.exists():
+            raise KServeError(f"{build.KUBECTL} missing: run `bash scripts/setup.sh`")
+        proc = subprocess.run([str(build.KUBECTL), f"--kubeconfig={self.plane.kubeconfig}", *args],
                               input=stdin, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise KServeError(f"kubectl {' '.join(args[:4])}: {proc.stderr.strip()[-1500:]}")

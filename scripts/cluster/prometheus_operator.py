@@ -47,10 +47,8 @@ MODULE = "github.com/prometheus-operator/prometheus-operator"
 VERSION = "v0.93.0"  # the release of ../shared/crds/prometheus-operator
 BINARY = "prometheus-operator"
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
-GO_ENV = {"CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
 # The CRDs the Prometheus controller watches that ../shared/crds does not have.
 EXTRA_CRDS = ("monitoring.coreos.com_prometheuses.yaml", "monitoring.coreos.com_probes.yaml")
-KUBECTL = Path(__file__).resolve().parents[2] / ".tools" / "bin" / "kubectl"
 
 
 class OperatorError(RuntimeError):
@@ -82,7 +80,7 @@ class GoBinary:
 
     def recipe_hash(self) -> str:
         recipe = json.dumps({"module": self.module, "version": self.version, "package": self.package,
-                             "nested": self.nested, "flags": self.flags, "env": GO_ENV}, sort_keys=True)
+                             "nested": self.nested, "flags": self.flags, "env": build.GO_ENV}, sort_keys=True)
         return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
     def path(self) -> Path:
@@ -107,7 +105,7 @@ class GoBinary:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             # GOWORK=off: Prometheus' zip has a go.work naming folders the zip leaves out
-            env = dict(os.environ, **GO_ENV, GOWORK="off")
+            env = dict(os.environ, **build.GO_ENV, GOWORK="off")
             env.setdefault("GOTOOLCHAIN", "local")
             modfile = []
             if self.nested:  # a copy of go.mod (its go.sum beside it) read through -modfile
@@ -171,7 +169,7 @@ class PrometheusOperator:
         self.start_seconds = 0.0
 
     def kubectl(self, *args: str) -> str:
-        proc = subprocess.run([str(KUBECTL), f"--kubeconfig={self.plane.kubeconfig}", *args],
+        proc = subprocess.run([str(build.KUBECTL), f"--kubeconfig={self.plane.kubeconfig}", *args],
                               capture_output=True, text=True, timeout=180)
         if proc.returncode != 0:
             raise OperatorError(f"kubectl {' '.join(args[:3])}: {proc.stderr.strip()[-1500:]}")
