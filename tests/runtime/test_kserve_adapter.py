@@ -9,7 +9,7 @@ import inspect
 
 import pytest
 
-from scripts.runtime import kserve_adapter
+from scripts.runtime import decode, kserve_adapter
 
 
 def resolve(dotted: str):
@@ -48,6 +48,7 @@ def test_raw_tensor_contents_are_still_on_the_private_attribute():
     """decode.py reads gRPC raw_input_contents from InferInput._raw_data (kserve has no public way)."""
     from kserve.protocol.infer_type import InferInput
 
-    tensor = InferInput(name="image", shape=[1], datatype="BYTES", data=None)
-    tensor._raw_data = b"\x01\x00\x00\x00x"
     assert "_raw_data" in inspect.getsource(InferInput.__init__)
+    tensor = InferInput(name="image", shape=[1], datatype="BYTES", data=None)
+    tensor._raw_data = b"\x01\x00\x00\x00x"  # what kserve keeps of gRPC raw_input_contents
+    assert decode._elements(tensor) == [b"x"]
