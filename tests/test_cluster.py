@@ -151,10 +151,12 @@ def test_control_plane_is_ready_and_reports_the_pinned_version(plane):
     assert version["gitVersion"] == "v1.34.4" and version["minor"] == "34"
     # The controller-manager works: each namespace gets its `default` ServiceAccount and the
     # kube-root-ca.crt ConfigMap (from --root-ca-file) that pods mount.
-    deadline = time.monotonic() + 60
-    while kubectl(plane, "get", "serviceaccount", "default", "-n", "default", check=False).returncode:
-        assert time.monotonic() < deadline, "no default ServiceAccount: is the controller-manager working?"
-        time.sleep(1)
+    # Two controllers make them, each on its own schedule: wait for both.
+    for kind, name in (("serviceaccount", "default"), ("configmap", "kube-root-ca.crt")):
+        deadline = time.monotonic() + 60
+        while kubectl(plane, "get", kind, name, "-n", "default", check=False).returncode:
+            assert time.monotonic() < deadline, f"no {kind} {name}: is the controller-manager working?"
+            time.sleep(1)
     root_ca = json.loads(kubectl(plane, "get", "configmap", "kube-root-ca.crt", "-o", "json").stdout)
     assert root_ca["data"]["ca.crt"] == (plane.pki / "ca.crt").read_text()
     # RBAC is on: a ServiceAccount may not list secrets.
