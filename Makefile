@@ -46,8 +46,8 @@ $(CONFIG): $(CKPT) $(IMAGENET_CKPT)
 	$(MAKE) archive
 
 archive: setup $(CKPT) $(IMAGENET_CKPT)  ## build both .mar files (custom + imagenet) and config.properties in $(STORE)
-	$(PY) -m scripts.archive --checkpoint $(CKPT) --model-name $(MODEL) --out $(STORE)
-	$(PY) -m scripts.archive --checkpoint $(IMAGENET_CKPT) --model-name imagenet --out $(STORE)
+	$(PY) -m scripts.serve.archive --checkpoint $(CKPT) --model-name $(MODEL) --out $(STORE)
+	$(PY) -m scripts.serve.archive --checkpoint $(IMAGENET_CKPT) --model-name imagenet --out $(STORE)
 
 serve: setup $(CONFIG)  ## start TorchServe in the background; returns when workers are READY
 	$(PY) -m scripts.serve start --store $(STORE)
@@ -63,11 +63,11 @@ status: setup  ## is `make serve`'s TorchServe ready?
 
 predict: setup  ## top-k for IMAGE=path through the running server
 	@test -n "$(IMAGE)" || { echo "usage: make predict IMAGE=path/to/image [MODEL=$(MODEL)]" >&2; exit 2; }
-	$(PY) -m scripts.predict --model $(MODEL) $(IMAGE)
+	$(PY) -m scripts.client.predict --model $(MODEL) $(IMAGE)
 
 ui: setup $(CONFIG)  ## the try-it page on 127.0.0.1:8090 for `make serve`'s models (UI_ARGS="--api URL")
 	@echo "ui: the page calls the TorchServe of 'make serve' (start it first); Ctrl-C stops the page"
-	$(PY) -m scripts.ui_server --store $(STORE) $(UI_ARGS)
+	$(PY) -m scripts.ui.server --store $(STORE) $(UI_ARGS)
 
 # --- Recipes: measured in docs/results.md ----------------------------------------------------
 .PHONY: recipe-cpu recipe-transfer recipe-gpu
@@ -102,14 +102,14 @@ clean:  ## remove build outputs and runs (keeps the virtualenv and data)
 HELM := .tools/bin/helm
 
 k8s: setup  ## render charts/image-classifier into k8s/ (plain manifests + kustomization.yaml)
-	$(PY) -m scripts.k8s_render
+	$(PY) -m scripts.deploy.k8s_render
 
 k8s-check: setup  ## fail if k8s/ is not up to date with the chart
-	$(PY) -m scripts.k8s_render --check
+	$(PY) -m scripts.deploy.k8s_render --check
 
 k8s-validate: setup  ## helm lint --strict + strict offline schema validation of k8s/ (no cluster)
 	$(HELM) lint --strict charts/image-classifier
-	$(PY) -m scripts.k8s_validate k8s/*.yaml
+	$(PY) -m scripts.deploy.k8s_validate k8s/*.yaml
 
 .PHONY: images modelcar kind-e2e
 # Here no image registry is reachable: the base image is built from Debian's packages and torch comes
@@ -117,16 +117,16 @@ k8s-validate: setup  ## helm lint --strict + strict offline schema validation of
 # PyTorch's CPU wheels), IMAGES_ARGS="--gpu --push" for the GPU tags.
 IMAGES_ARGS ?= --no-image-registry
 images: setup  ## build both runtime images under values.yaml's names (podman, else docker; layers cached)
-	$(PY) -m scripts.images --build $(IMAGES_ARGS)
+	$(PY) -m scripts.deploy.images --build $(IMAGES_ARGS)
 
 # One model's storage layout as a KServe modelcar image (storageUri oci://...): MODEL=fashion-mnist|imagenet.
 MODELCAR_ARGS ?= --no-image-registry
 modelcar: setup  ## package MODEL's checkpoint (runs/$(MODEL)/model.pt) as a modelcar image (MODELCAR_ARGS="--push")
-	$(PY) -m scripts.archive --checkpoint runs/$(MODEL)/model.pt --model-name $(MODEL) --out build/modelcar/$(MODEL)
-	$(PY) -m scripts.modelcar build/modelcar/$(MODEL) --model $(MODEL) $(MODELCAR_ARGS)
+	$(PY) -m scripts.serve.archive --checkpoint runs/$(MODEL)/model.pt --model-name $(MODEL) --out build/modelcar/$(MODEL)
+	$(PY) -m scripts.deploy.modelcar build/modelcar/$(MODEL) --model $(MODEL) $(MODELCAR_ARGS)
 
 kind-e2e: setup  ## whole deploy on a throw-away kind cluster (needs Docker, kind, internet; never run by CI): docs/deploy.md
-	bash scripts/kind_e2e.sh
+	bash scripts/deploy/kind_e2e.sh
 
 # --- Monitoring: rules, alerts and dashboard from scripts/monitoring ----------------------
 .PHONY: monitor
@@ -136,15 +136,15 @@ monitor: setup $(CONFIG)  ## Prometheus + bounded load on the local TorchServe (
 # --- Reliability: bad inputs, held load, overload, worker fault, rollout -----------------
 .PHONY: reliability
 reliability: setup $(CKPT)  ## full reliability suite on a real TorchServe (~4 min) → build/reliability/results.{md,json}
-	$(PY) -m scripts.reliability --checkpoint $(CKPT) --data-dir $(DATA) --out build/reliability $(RELIABILITY_ARGS)
+	$(PY) -m scripts.harness.reliability --checkpoint $(CKPT) --data-dir $(DATA) --out build/reliability $(RELIABILITY_ARGS)
 
 # --- Benchmarks: every serving path, same model and images, one run --------------------
 .PHONY: bench bench-gpu
 bench: setup $(CKPT)  ## in-process, TorchServe REST/gRPC, KServe-native REST/gRPC, FastAPI baseline; c=1..32 (~6 min) → docs/bench/bench.{md,json,png}
-	$(PY) -m scripts.bench --checkpoint $(CKPT) --data-dir $(DATA) --out docs/bench $(BENCH_ARGS)
+	$(PY) -m scripts.harness.bench --checkpoint $(CKPT) --data-dir $(DATA) --out docs/bench $(BENCH_ARGS)
 
 bench-gpu: setup  ## on a GPU machine: stock TorchServe handler vs our GPU path vs raw fp16 forward, ResNet-50 batch 64 → docs/bench/gpu.{md,json}
-	$(PY) -m scripts.bench.gpu --out docs/bench $(BENCH_ARGS)
+	$(PY) -m scripts.harness.bench.gpu --out docs/bench $(BENCH_ARGS)
 
 # --- Real Kubernetes, tier 1 (control plane built from upstream source): scripts/cluster ---------
 .PHONY: cluster cluster-build cluster-stop cluster-status
@@ -189,7 +189,7 @@ node-import: setup  ## podman images -> containerd (IMAGES="registry.example.com
 	$(PY) -m scripts.cluster.node import $(IMAGES)
 
 node-test: setup images storage-initializer cluster-build kserve-build node-prometheus-build prometheus-operator-build  ## tier 3 tests: a Node, our images in containerd, the chart's InferenceServices Ready and predicting
-	$(PY) -m pytest tests/test_cluster_node.py -m integration -v -s
+	$(PY) -m pytest tests/cluster/test_cluster_node.py -m integration -v -s
 
 prometheus-operator-build: setup  ## prometheus-operator v0.93.0 + the promtool of the Prometheus it links, from their Go modules into ~/.cache (once: ~8 min)
 	$(PY) -m scripts.cluster.prometheus_operator build $(PROMETHEUS_OPERATOR_BUILD_ARGS)

@@ -21,28 +21,18 @@ served one request at a time.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 
+from handlers.settings import ENV_PREFIX, SettingsError, from_env
+
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-ENV_PREFIX = "SERVE_"
 
 
-class AccelError(ValueError):
+class AccelError(SettingsError):
     """A setting that cannot work here, named with its variable."""
-
-
-def _flag(name: str, raw: str) -> bool | None:
-    value = raw.strip().lower()
-    if value == "auto":
-        return None
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise AccelError(f"{ENV_PREFIX}{name.upper()} must be auto, true or false, got {raw!r}")
 
 
 @dataclass(frozen=True)
@@ -56,31 +46,17 @@ class InferenceOptions:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "InferenceOptions":
-        values: dict = {}
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is None or raw.strip() == "":
-                continue
-            if f.name in ("channels_last", "tensor_decode"):
-                values[f.name] = _flag(f.name, raw)
-            elif f.name == "compile":
-                values[f.name] = bool(_flag(f.name, raw))
-            elif f.name == "torch_threads":
-                if not raw.strip().isdigit() or int(raw) < 1:
-                    raise AccelError(f"{ENV_PREFIX}TORCH_THREADS must be a positive integer, got {raw!r}")
-                values[f.name] = int(raw)
-            else:
-                values[f.name] = raw.strip().lower()
-        return cls(**values)
+        return from_env(cls, env)
 
     def resolve(self) -> "ResolvedOptions":
         """Concrete choices for this machine; an explicit request that cannot work is an error
         (a GPU asked for where there is none), never a silent downgrade."""
-        if self.device == "auto":
+        device_name, precision = self.device.strip().lower(), self.precision.strip().lower()
+        if device_name == "auto":
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
             try:
-                device = torch.device(self.device)
+                device = torch.device(device_name)
             except RuntimeError:
                 raise AccelError(f"{ENV_PREFIX}DEVICE: not a device: {self.device!r} (auto, cpu, cuda, cuda:N)") from None
             if device.type == "cuda" and not torch.cuda.is_available():
@@ -89,7 +65,7 @@ class InferenceOptions:
             if device.type not in ("cpu", "cuda"):
                 raise AccelError(f"{ENV_PREFIX}DEVICE: only cpu and cuda are supported, got {self.device!r}")
         gpu = device.type == "cuda"
-        precision = self.precision if self.precision != "auto" else ("fp16" if gpu else "fp32")
+        precision = precision if precision != "auto" else ("fp16" if gpu else "fp32")
         if precision not in PRECISIONS:
             raise AccelError(f"{ENV_PREFIX}PRECISION must be auto, {', '.join(PRECISIONS)}; got {self.precision!r}")
         return ResolvedOptions(

@@ -176,7 +176,7 @@ def bytes_to_tensor(data: bytes | bytearray, spec: PreprocessSpec,
 # Same spec, same steps (mode, resize policy, uint8 rounding, normalize) as the PIL path above. It
 # takes only what torchvision.io decodes as PIL would: complete 8-bit RGB/gray JPEG or PNG without
 # transparency or EXIF rotation; everything else goes the PIL path. Results agree within the
-# tolerance tests/test_preprocess.py states (resampling and JPEG IDCT differ by a few levels).
+# tolerance tests/handlers/test_preprocess.py states (resampling and JPEG IDCT differ by a few levels).
 
 JPEG_END, PNG_END = b"\xff\xd9", b"IEND\xaeB`\x82"
 EXIF_ORIENTATION = 0x0112

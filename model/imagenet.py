@@ -2,7 +2,7 @@
 checkpoint format (no training; nothing is downloaded: the weights come from an installed package).
 
     python -m model.imagenet --variant lite0 --output runs/imagenet/model.pt
-    python -m scripts.archive --checkpoint runs/imagenet/model.pt --model-name imagenet
+    python -m scripts.serve.archive --checkpoint runs/imagenet/model.pt --model-name imagenet
 """
 from __future__ import annotations
 

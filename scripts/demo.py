@@ -13,11 +13,12 @@ from PIL import Image
 from skimage import data as skdata
 
 from model import data, evaluate, imagenet, train
-from scripts import archive
-from scripts.predict import PredictError, predict
+from scripts.serve import archive
+from scripts.client.predict import PredictError, predict
 from handlers.metrics import PREDICTIONS, REJECTED
-from scripts.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL, METRIC_LATENCY_US, METRIC_REQUESTS_TOTAL, ServingSettings
-from scripts.torchserve import TorchServe, TorchServeError
+from handlers.settings import ServingSettings
+from scripts.serve.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL, METRIC_LATENCY_US, METRIC_REQUESTS_TOTAL
+from scripts.serve.torchserve import TorchServe, TorchServeError
 
 
 def step(title: str) -> float:

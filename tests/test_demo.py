@@ -20,7 +20,7 @@ from skimage import data as skdata
 from handlers.classifier import ImageClassifier
 from model import checkpoint, data
 from scripts import demo
-from scripts.settings import METRIC_REQUESTS_TOTAL, loopback_settings
+from scripts.serve.settings import METRIC_REQUESTS_TOTAL, loopback_settings
 
 pytestmark = pytest.mark.integration
 

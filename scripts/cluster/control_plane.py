@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from scripts.cluster import build, certs
-from scripts.process import free_ports, process_names, stop_process_group
+from scripts.serve.process import free_ports, process_names, stop_process_group
 
 # Fixed ports of `make cluster` (the usual ones); tests take free ports instead.
 DEFAULT_PORTS = {"etcd": 2379, "etcd-peer": 2380, "kube-apiserver": 6443,

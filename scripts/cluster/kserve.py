@@ -26,7 +26,7 @@ CertDir). Ready = /healthz and /readyz answer ok and the webhook port completes 
 with the CA. Stopped by PID (the state file says which, the command line names the state folder).
 
 Standard mode only: Knative mode needs Knative Serving, which is out of scope here (it keeps its
-schema checks in tests/test_cluster.py and tests/kserve_pod.py's Knative rules).
+schema checks in tests/cluster/test_cluster.py and tests/deploy/kserve_pod.py's Knative rules).
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ import yaml
 
 from scripts.cluster import build, certs
 from scripts.cluster.control_plane import ControlPlane, port_taken
-from scripts.process import free_ports, process_names, stop_process_group
+from scripts.serve.process import free_ports, process_names, stop_process_group
 
 MODULE = build.KSERVE_MODULE
 VERSION = build.KSERVE_VERSION

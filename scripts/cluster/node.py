@@ -40,7 +40,7 @@ from pathlib import Path
 
 from scripts.cluster import build, certs
 from scripts.cluster.control_plane import ClusterError, ControlPlane
-from scripts.process import free_ports, process_names, stop_process_group
+from scripts.serve.process import free_ports, process_names, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERD_DIR = Path(os.environ.get("CLUSTER_CONTAINERD_DIR") or ROOT / "build" / "cluster" / "containerd")

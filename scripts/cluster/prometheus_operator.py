@@ -41,7 +41,7 @@ from pathlib import Path
 
 from scripts.cluster import build
 from scripts.cluster.control_plane import ControlPlane
-from scripts.process import free_ports, process_names, read_pid, stop_process_group
+from scripts.serve.process import free_ports, process_names, read_pid, stop_process_group
 
 MODULE = "github.com/prometheus-operator/prometheus-operator"
 VERSION = "v0.93.0"  # the release of ../shared/crds/prometheus-operator

@@ -26,7 +26,7 @@ from pathlib import Path
 from scripts.cluster.kserve import STORAGE_INITIALIZER_IMAGE
 from scripts.containers import base_images
 from scripts.containers.engine import EngineError, detect
-from scripts.images import engine_mounts
+from scripts.deploy.images import engine_mounts
 
 # Fully qualified: the name containerd and the kubelet give the controller's short name.
 IMAGE = f"docker.io/{STORAGE_INITIALIZER_IMAGE}"

@@ -26,7 +26,7 @@ from pathlib import Path
 import requests
 
 from scripts.containers.engine import Engine, detect
-from scripts.process import free_ports
+from scripts.serve.process import free_ports
 
 DEFAULT_GRACE_SECONDS = 30  # terminationGracePeriodSeconds' default
 QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")

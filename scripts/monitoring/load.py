@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import requests
 
-from scripts.latency import quantile
+from scripts.harness.latency import quantile
 
 TORCHSERVE_PATH = "/predictions/{model}"
 KSERVE_V1_PATH = "/v1/models/{model}:predict"

@@ -15,8 +15,9 @@ import requests
 
 from scripts.monitoring import dashboard, load, render, rules
 from scripts.monitoring.prometheus import Prometheus, write_config
-from scripts.settings import DEFAULT_MODEL, ServingSettings
-from scripts.torchserve import TorchServe
+from handlers.settings import ServingSettings
+from scripts.serve.settings import DEFAULT_MODEL
+from scripts.serve.torchserve import TorchServe
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -1,11 +1,11 @@
 """Metric and label names the rules and the dashboard read. Handler names come from
-handlers/metrics.py and TorchServe's request counters from scripts/settings.py; the TorchServe
+handlers/metrics.py and TorchServe's request counters from scripts/serve/settings.py; the TorchServe
 names below are not read anywhere else in the project, so they are defined here once (checked
-against a real TorchServe 0.12 /metrics by tests/test_monitoring_live.py)."""
+against a real TorchServe 0.12 /metrics by tests/monitoring/test_monitoring_live.py)."""
 from __future__ import annotations
 
 from handlers import metrics as hm
-from scripts.settings import METRIC_LATENCY_US, METRIC_REQUESTS_TOTAL
+from scripts.serve.settings import METRIC_LATENCY_US, METRIC_REQUESTS_TOTAL
 
 # Handler metrics (both runtimes); label names as handlers/metrics.py sets them.
 STAGE_SECONDS = hm.STAGE_SECONDS

@@ -12,7 +12,7 @@ import yaml
 
 from scripts.monitoring import names as n
 from scripts.monitoring import rules
-from scripts.process import ServerError, ServerProcess
+from scripts.serve.process import ServerError, ServerProcess
 
 LOCAL_NAMESPACE = "local"  # what Kubernetes service discovery would set
 CHART_NAME = "image-classifier"  # the chart's default name: its PodMonitors are <name>-<runtime>
@@ -21,7 +21,7 @@ CHART_NAME = "image-classifier"  # the chart's default name: its PodMonitors are
 def job_name(runtime: str, namespace: str = LOCAL_NAMESPACE, chart_name: str = CHART_NAME) -> str:
     """The job label prometheus-operator gives the chart's PodMonitor for `runtime` (no jobLabel:
     `<namespace>/<PodMonitor name>`); the local config uses the same, so the live tests see the
-    labels a cluster has (tests/test_monitoring.py checks the chart still renders these names)."""
+    labels a cluster has (tests/monitoring/test_monitoring.py checks the chart still renders these names)."""
     return f"{namespace}/{chart_name}-{runtime}"
 
 

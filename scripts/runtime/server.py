@@ -26,7 +26,7 @@ from kserve import model_server
 
 from scripts.runtime.kserve_adapter import BoundModelServer
 from scripts.runtime.model import INLINE_BELOW_MS, MarModel
-from scripts.settings import ServingSettings
+from handlers.settings import ServingSettings
 
 # kserve flags this runtime does not act on: one REST process, gRPC always on, no TLS
 UNUSED_KSERVE_FLAGS = ("--workers", "--enable_grpc", "--ssl_certfile", "--ssl_keyfile")

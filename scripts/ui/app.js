@@ -1,6 +1,6 @@
 // Try-it page: sends the chosen image's bytes to TorchServe's inference API
 // (POST {api}/predictions/<model>) and shows the top-k it answers, best first.
-// config.json (written by scripts/ui_server.py) names the API and the served models.
+// config.json (written by scripts/ui/server.py) names the API and the served models.
 "use strict";
 
 const $ = (id) => document.getElementById(id);

@@ -1,0 +1,138 @@
+"""The SERVE_* environment: one prefix, one parser, and the settings read from it.
+
+ServingSettings (here) says where the servers listen; InferenceOptions (handlers/accel.py) says how
+the model runs. Both are typed, defaulted dataclasses read by `from_env`, so a value that cannot
+be parsed is refused the same way everywhere, naming its variable. They live in the handler
+package because the handler and the KServe-native runtime read them and both ship without the
+tools; the archive step, the serve script, clients and tests import them from here.
+
+Listener overrides (all optional):
+  SERVE_HOST (127.0.0.1), SERVE_INFERENCE_PORT (8080), SERVE_MANAGEMENT_PORT (8081),
+  SERVE_METRICS_PORT (8082), SERVE_GRPC_INFERENCE_PORT (7070), SERVE_GRPC_MANAGEMENT_PORT (7071),
+  SERVE_UI_PORT (8090: the try-it page), SERVE_CORS_ORIGIN (default: the page's own origin;
+  set it to the page's URL when the page talks to a cluster endpoint),
+  SERVE_KSERVE_HTTP_PORT (8085) and SERVE_KSERVE_GRPC_PORT (8086): the KServe-native runtime
+  (scripts/runtime/)
+"""
+from __future__ import annotations
+
+import os
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Mapping
+
+ENV_PREFIX = "SERVE_"
+
+
+class SettingsError(ValueError):
+    """A SERVE_* value that cannot be parsed, named with its variable."""
+
+
+def PORT(default: int):
+    """A field that holds a TCP port."""
+    return field(default=default, metadata={"port": True})
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def parse_flag(var: str, raw: str, auto: bool) -> bool | None:
+    value = raw.strip().lower()
+    if auto and value == "auto":
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{var} must be {'auto, true or false' if auto else 'true or false'}, got {raw!r}")
+
+
+def parse_value(var: str, raw: str, kind, port: bool = False):
+    """One SERVE_* string as the field's type: int (a port, or a positive count), bool, bool | None
+    (None is "auto") or str."""
+    if kind in (int, int | None):
+        text = raw.strip()
+        if port:
+            if not text.isdigit() or not 0 < int(text) < 65536:
+                raise SettingsError(f"{var} must be a port number, got {raw!r}")
+        elif not text.isdigit() or int(text) < 1:
+            raise SettingsError(f"{var} must be a positive integer, got {raw!r}")
+        return int(text)
+    if kind in (bool, bool | None):
+        return parse_flag(var, raw, auto=kind != bool)
+    return raw.strip()
+
+
+def from_env(cls, env: Mapping[str, str] = os.environ):
+    """An instance of the dataclass `cls` with each field overridden by SERVE_<FIELD> when set."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        var = env_name(f.name)
+        raw = env.get(var)
+        if raw is None or raw.strip() == "":
+            continue
+        values[f.name] = parse_value(var, raw, hints[f.name], port=f.metadata.get("port", False))
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    host: str = "127.0.0.1"
+    inference_port: int = PORT(8080)
+    management_port: int = PORT(8081)
+    metrics_port: int = PORT(8082)
+    grpc_inference_port: int = PORT(7070)
+    grpc_management_port: int = PORT(7071)
+    ui_port: int = PORT(8090)
+    kserve_http_port: int = PORT(8085)  # KServe-native runtime: v1/v2 REST, /metrics
+    kserve_grpc_port: int = PORT(8086)  # KServe-native runtime: OIP gRPC
+    cors_origin: str = ""  # empty: the try-it page's origin on this host
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "ServingSettings":
+        return from_env(cls, env)
+
+    def url(self, port: int) -> str:
+        return f"http://{self.host}:{port}"
+
+    @property
+    def inference_url(self) -> str:
+        return self.url(self.inference_port)
+
+    @property
+    def management_url(self) -> str:
+        return self.url(self.management_port)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.url(self.metrics_port)}/metrics"
+
+    @property
+    def ui_url(self) -> str:
+        return self.url(self.ui_port)
+
+    @property
+    def allowed_origin(self) -> str:
+        return self.cors_origin or self.ui_url
+
+    def torchserve_properties(self) -> dict[str, str]:
+        """Listener lines of config.properties. With enable_envvars_config=true TorchServe also
+        reads each as TS_<NAME> from the environment (see `torchserve_env`)."""
+        return {
+            "inference_address": self.inference_url,
+            "management_address": self.management_url,
+            "metrics_address": self.url(self.metrics_port),
+            "grpc_inference_address": self.host,
+            "grpc_inference_port": str(self.grpc_inference_port),
+            "grpc_management_address": self.host,
+            "grpc_management_port": str(self.grpc_management_port),
+            # Browsers may call the inference API only from the try-it page's origin.
+            "cors_allowed_origin": self.allowed_origin,
+            "cors_allowed_methods": "GET, POST, OPTIONS",
+            "cors_allowed_headers": "Content-Type",
+        }
+
+    def torchserve_env(self) -> dict[str, str]:
+        return {f"TS_{k.upper()}": v for k, v in self.torchserve_properties().items()}

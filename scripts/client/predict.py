@@ -1,0 +1,73 @@
+"""Predict images through any protocol and print the top-k.
+
+    python -m scripts.client.predict IMAGE [IMAGE ...] [--model fashion-mnist] [--protocol rest|v1|v2|grpc|oip]
+                              [--url http://127.0.0.1:8080] [--grpc-target 127.0.0.1:7070] [--topk K]
+
+rest: TorchServe /predictions (raw bytes) · v1: KServe v1 :predict · v2: OIP v2 REST /infer ·
+grpc: TorchServe's gRPC Predictions · oip: OIP gRPC (the KServe-native runtime).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from scripts.client import wire
+from scripts.client.wire import PredictError
+from handlers.settings import ServingSettings
+from scripts.serve.settings import DEFAULT_MODEL
+
+__all__ = ["PredictError", "predict", "main"]
+
+
+def predict(image: Path | bytes, model: str, base_url: str | None = None, timeout: float = 30,
+            topk: int | None = None) -> dict:
+    """Raw bytes to /predictions/<model>; returns {label: probability}, best first."""
+    body = image if isinstance(image, bytes) else Path(image).read_bytes()
+    return wire.rest_native(base_url or ServingSettings.from_env().inference_url, model, body, topk, timeout)
+
+
+def predict_with(protocol: str, images: list[bytes], model: str, url: str, target: str,
+                 topk: int | None) -> list[dict]:
+    if protocol == "rest":
+        return [wire.rest_native(url, model, i, topk) for i in images]
+    if protocol == "v1":
+        return wire.rest_v1(url, model, images, topk)
+    if protocol == "v2":
+        return wire.rest_v2(url, model, images, topk)
+    if protocol == "grpc":
+        return [wire.grpc_native(target, model, i) for i in images]
+    return wire.grpc_oip(target, model, images, topk)
+
+
+def format_topk(topk: dict) -> str:
+    return "\n".join(f"  {p:8.4f}  {label}" for label, p in topk.items())
+
+
+def main(argv=None) -> int:
+    settings = ServingSettings.from_env()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--protocol", choices=wire.PROTOCOLS, default="rest")
+    p.add_argument("--url", default=settings.inference_url, help="REST base URL")
+    p.add_argument("--grpc-target", default=f"{settings.host}:{settings.grpc_inference_port}")
+    p.add_argument("--topk", type=int, default=None)
+    args = p.parse_args(argv)
+    missing = [str(i) for i in args.images if not i.is_file()]
+    if missing:
+        print(f"predict: error: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    try:
+        results = predict_with(args.protocol, [i.read_bytes() for i in args.images], args.model,
+                               args.url, args.grpc_target, args.topk)
+    except PredictError as e:
+        print(f"predict: error: {e}", file=sys.stderr)
+        return 1
+    for image, topk in zip(args.images, results):
+        print(f"{image}:\n{format_topk(topk)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from scripts.serve.cli import main
+
+raise SystemExit(main())

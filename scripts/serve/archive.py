@@ -1,0 +1,209 @@
+"""Build a `.mar` with torch-model-archiver from a training checkpoint, and the KServe storage
+layout beside it (<out>/config/config.properties + <out>/model-store/<name>.mar).
+
+    python -m scripts.serve.archive --checkpoint runs/fashion-mnist/model.pt --model-name fashion-mnist
+
+The archive carries only what serving needs: weights.pt, model_spec.json (labels, preprocessing
+spec, architecture), the network's own file and the handlers package.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from handlers.spec import WEIGHTS_FILE, ArchSpec, ModelSpec
+from model import checkpoint, nets
+from scripts.runtime.mar import read_manifest
+from handlers.settings import ServingSettings
+from scripts.serve.settings import DEFAULT_MODEL, KSERVE_MODEL_MOUNT, FrontendSettings, ModelServingSettings
+
+REPO = Path(__file__).resolve().parents[2]
+HANDLERS_DIR = REPO / "handlers"
+HANDLER_ENTRY = HANDLERS_DIR / "torchserve_handler.py"
+
+
+# Server-wide protocol configurations. "native" serves raw/multipart/JSON, KServe v1 and OIP v2
+# REST on the same endpoints (our handler reads each request's envelope) plus TorchServe gRPC.
+# "oip" adds TorchServe's OIP gRPC, which 0.12 offers only behind its stock kservev2 envelope;
+# "v1" is TorchServe's stock kserve envelope (v1 REST only; native already serves v1 itself).
+# The stock envelopes read one request per batch (so batch size 1) and break raw /predictions.
+# TorchServe 0.12 reads these two keys from config.properties only (TS_* variables are ignored).
+PROTOCOLS = {
+    "native": {},
+    "oip": {"service_envelope": "kservev2", "ts_open_inference_protocol": "true"},
+    "v1": {"service_envelope": "kserve"},
+}
+
+
+class ArchiveError(RuntimeError):
+    pass
+
+
+def model_spec_from_checkpoint(ckpt: dict, name: str, version: str, topk: int = 5,
+                               model_settings: ModelServingSettings | None = None) -> tuple[ModelSpec, Path]:
+    model_settings = model_settings or ModelServingSettings()
+    arch = nets.ARCHS[ckpt["arch"]["name"]]
+    spec = ModelSpec(name=name, version=version, labels=tuple(ckpt["labels"]), topk=topk,
+                     max_bytes=model_settings.max_image_bytes, max_pixels=model_settings.max_image_pixels,
+                     preprocess=checkpoint.preprocess_spec(ckpt),
+                     arch=ArchSpec(module=arch.file.stem, cls=arch.cls, kwargs=ckpt["arch"]["kwargs"]))
+    return spec, arch.file
+
+
+def stage(spec: ModelSpec, state_dict: dict, net_file: Path, staging: Path) -> tuple[Path, Path]:
+    """Lay out the archive's files: returns (weights file, extra-files directory)."""
+    weights = staging / WEIGHTS_FILE
+    torch.save(state_dict, weights)
+    extra = staging / "extra"
+    (extra / "handlers").mkdir(parents=True)
+    for src in sorted(HANDLERS_DIR.glob("*.py")):
+        if src == HANDLER_ENTRY:  # the archiver puts the entry point at the top level itself
+            continue
+        shutil.copy2(src, extra / "handlers" / src.name)
+    shutil.copy2(net_file, extra / net_file.name)
+    spec.save(extra)
+    return weights, extra
+
+
+def build_mar(spec: ModelSpec, state_dict: dict, net_file: Path, model_store: Path) -> Path:
+    model_store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="archive-") as tmp:
+        weights, extra = stage(spec, state_dict, net_file, Path(tmp))
+        cmd = [sys.executable, "-m", "model_archiver.model_packaging",
+               "--model-name", spec.name, "--version", spec.version,
+               "--serialized-file", str(weights), "--handler", str(HANDLER_ENTRY),
+               "--extra-files", str(extra), "--export-path", str(model_store), "--force"]
+        # The archiver stages files in $TMPDIR/<model name>: two archives of one name built at the
+        # same time (tests beside a benchmark) would share it. Give each run its own.
+        env = {**os.environ, "TMPDIR": str(Path(tmp) / "archiver-tmp")}
+        (Path(tmp) / "archiver-tmp").mkdir()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise ArchiveError(f"torch-model-archiver failed ({proc.returncode}):\n{proc.stderr}")
+    mar = model_store / f"{spec.name}.mar"
+    if not mar.exists():
+        raise ArchiveError(f"torch-model-archiver reported success but wrote no {mar}")
+    return mar
+
+
+def max_request_size(max_image_bytes: int) -> int:
+    return max_image_bytes * 4 // 3 + 64 * 1024
+
+
+def config_properties(model_store: Path, settings: ServingSettings,
+                      model_settings: ModelServingSettings, protocol: str = "native",
+                      frontend: FrontendSettings | None = None) -> str:
+    """TorchServe config for every `.mar` in the store, in KServe's storage layout. Defaults that
+    TorchServe 0.12 gets wrong for serving are set on purpose (see the comments)."""
+    frontend = frontend or FrontendSettings()
+    if protocol not in PROTOCOLS:
+        raise ArchiveError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOLS)}")
+    batch_size = 1 if PROTOCOLS[protocol] else model_settings.batch_size
+    models = {}
+    for mar in sorted(model_store.glob("*.mar")):
+        m = read_manifest(mar)["model"]
+        models.setdefault(m["modelName"], {})[m["modelVersion"]] = {
+            "defaultVersion": True, "marName": mar.name,
+            "minWorkers": model_settings.workers, "maxWorkers": model_settings.workers,
+            "batchSize": batch_size, "maxBatchDelay": model_settings.max_batch_delay_ms,
+            "responseTimeout": model_settings.response_timeout_s,
+        }
+    if not models:
+        raise ArchiveError(f"no .mar files in {model_store}")
+    snapshot = {"name": "startup.cfg", "modelCount": sum(len(v) for v in models.values()),
+                "models": models}
+    lines = ["# Generated by scripts/serve/archive.py from scripts/serve/settings.py: regenerate, do not edit.",
+             "# Listeners: overridden at run time by TS_* environment variables (make serve does;",
+             "# a pod binds 0.0.0.0 the same way)."]
+    lines += [f"{k}={v}" for k, v in settings.torchserve_properties().items()]
+    lines += [
+        "enable_envvars_config=true",
+        "# Prometheus text on the metrics port (TorchServe's default is log files only), including",
+        "# the handler's own metrics (handlers/metrics.py).",
+        "metrics_mode=prometheus",
+        "model_metrics_auto_detect=true",
+        "# Models are fixed at start-up from model_snapshot: no registration over HTTP (the",
+        "# reliability suite's rollout turns it on for its own server).",
+        f"enable_model_api={str(frontend.enable_model_api).lower()}",
+        "# Jobs queued per model beyond this get an immediate 503 instead of waiting.",
+        f"job_queue_size={frontend.job_queue_size}",
+        "# Token auth off: listeners are loopback locally; in a cluster the management port is",
+        "# never exposed by a Service and a NetworkPolicy guards the pod.",
+        "disable_token_authorization=true",
+        "install_py_dep_per_model=false",
+        "# Room for the largest accepted image as base64 JSON; the handler enforces the per-image",
+        "# byte and pixel limits (model_spec.json) with a 413 that names them.",
+        f"max_request_size={max_request_size(model_settings.max_image_bytes)}",
+        f"max_response_size={max_request_size(model_settings.max_image_bytes)}",
+        f"model_store={KSERVE_MODEL_MOUNT}/model-store",
+        f"model_snapshot={json.dumps(snapshot, separators=(',', ':'))}",
+        f"# protocol configuration: {protocol}",
+        *(f"{k}={v}" for k, v in PROTOCOLS[protocol].items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(out: Path, settings: ServingSettings | None = None,
+                 model_settings: ModelServingSettings | None = None, protocol: str = "native",
+                 frontend: FrontendSettings | None = None) -> Path:
+    path = out / "config" / "config.properties"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_properties(out / "model-store", settings or ServingSettings(),
+                                      model_settings or ModelServingSettings(), protocol, frontend))
+    return path
+
+
+def archive(checkpoint_path: Path, out: Path, name: str, version: str = "1.0", topk: int = 5,
+            model_settings: ModelServingSettings | None = None, protocol: str = "native",
+            frontend: FrontendSettings | None = None) -> tuple[Path, Path]:
+    model_settings = model_settings or ModelServingSettings()
+    ckpt = checkpoint.load(checkpoint_path)
+    spec, net_file = model_spec_from_checkpoint(ckpt, name, version, topk, model_settings)
+    mar = build_mar(spec, ckpt["state_dict"], net_file, out / "model-store")
+    return mar, write_config(out, model_settings=model_settings, protocol=protocol, frontend=frontend)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--model-name", default=DEFAULT_MODEL)
+    p.add_argument("--version", default="1.0")
+    p.add_argument("--topk", type=int, default=5, help="labels returned per prediction by default")
+    p.add_argument("--out", type=Path, default=Path("build/serve"), help="storage layout root")
+    p.add_argument("--workers", type=int, default=ModelServingSettings.workers)
+    p.add_argument("--batch-size", type=int, default=ModelServingSettings.batch_size)
+    p.add_argument("--max-batch-delay-ms", type=int, default=ModelServingSettings.max_batch_delay_ms)
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="native",
+                   help="native: REST native + KServe v1 + OIP v2 REST + TorchServe gRPC; oip: adds OIP "
+                        "gRPC (stock kservev2 envelope); v1: stock kserve envelope")
+    p.add_argument("--max-image-bytes", type=int, default=ModelServingSettings.max_image_bytes)
+    p.add_argument("--max-image-pixels", type=int, default=ModelServingSettings.max_image_pixels)
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        mar, config = archive(args.checkpoint, args.out, args.model_name, args.version, args.topk,
+                              ModelServingSettings(workers=args.workers, batch_size=args.batch_size,
+                                                   max_batch_delay_ms=args.max_batch_delay_ms,
+                                                   max_image_bytes=args.max_image_bytes,
+                                                   max_image_pixels=args.max_image_pixels),
+                              args.protocol)
+    except (ArchiveError, FileNotFoundError, ValueError, KeyError) as e:
+        print(f"archive: error: {e}", file=sys.stderr)
+        return 2
+    print(f"archive: {mar} ({mar.stat().st_size / 1024:.0f} KiB)\nconfig:  {config}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""What the tools serve and how TorchServe's frontend and workers are set: the default model,
+per-model workers, batching and input limits, and the frontend's queue and model API. The archive
+step writes them into config.properties; where servers listen is handlers/settings.py's
+ServingSettings (the SERVE_* environment)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from handlers.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from handlers.settings import ServingSettings
+from scripts.serve.process import free_ports
+
+# TorchServe's own Prometheus metric names that the tools read.
+METRIC_REQUESTS_TOTAL = "ts_inference_requests_total"
+METRIC_LATENCY_US = "ts_inference_latency_microseconds"
+
+# The default model: trained on the default dataset (model/data.py, Fashion-MNIST) under its name,
+# kept in runs/<name>/, served under that name (the Makefile's MODEL too: tests/serve/test_settings.py).
+DEFAULT_MODEL = "fashion-mnist"
+DEFAULT_CHECKPOINT = Path("runs") / DEFAULT_MODEL / "model.pt"
+
+# Where KServe's storage initializer puts the storageUri contents inside the pod.
+KSERVE_MODEL_MOUNT = "/mnt/models"
+
+
+@dataclass(frozen=True)
+class FrontendSettings:
+    """Server-wide TorchServe frontend settings written into config.properties. The defaults are
+    what `make serve` and a pod run; the reliability suite (scripts/harness/reliability.py) turns on the
+    model API for its rollout and shrinks the queue to provoke overload 503s."""
+
+    # Jobs waiting per model before the frontend answers 503 at once (TorchServe's default: 100).
+    job_queue_size: int = 100
+    # Register/unregister/set-default over the management API (TorchServe 0.12 default: off;
+    # models then come only from model_snapshot).
+    enable_model_api: bool = False
+
+
+def loopback_settings() -> ServingSettings:
+    """TorchServe's five listeners on free loopback ports (tests, benchmarks, the reliability suite)."""
+    inf, mgmt, met, grpc_inf, grpc_mgmt = free_ports(5)
+    return ServingSettings(host="127.0.0.1", inference_port=inf, management_port=mgmt, metrics_port=met,
+                           grpc_inference_port=grpc_inf, grpc_management_port=grpc_mgmt)
+
+
+@dataclass(frozen=True)
+class ModelServingSettings:
+    """Per-model serving settings: workers and batching (config.properties' model_snapshot) and
+    input limits (model_spec.json, enforced by the handler)."""
+
+    workers: int = 1
+    batch_size: int = 8
+    max_batch_delay_ms: int = 5
+    response_timeout_s: int = 120
+    max_image_bytes: int = DEFAULT_MAX_BYTES
+    max_image_pixels: int = DEFAULT_MAX_PIXELS

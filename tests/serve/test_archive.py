@@ -1,0 +1,78 @@
+import json
+
+import torch
+
+from handlers.classifier import ImageClassifier
+from handlers.spec import ModelSpec
+from model import checkpoint
+from scripts.serve import archive
+from handlers.settings import ServingSettings
+from scripts.serve.torchserve import snapshot_models
+from tests.helpers import IMAGENET_NAME, MODEL_NAME
+
+
+def test_mar_holds_exactly_what_serving_needs(unpacked_mar, manifest):
+    files = {p.relative_to(unpacked_mar).as_posix() for p in unpacked_mar.rglob("*") if p.is_file()}
+    assert files == {"MAR-INF/MANIFEST.json", "weights.pt", "model_spec.json", "small_cnn.py",
+                     "torchserve_handler.py", "handlers/__init__.py", "handlers/classifier.py",
+                     "handlers/errors.py", "handlers/inputs.py", "handlers/preprocess.py",
+                     "handlers/responses.py", "handlers/limits.py", "handlers/metrics.py",
+                     "handlers/spec.py", "handlers/accel.py", "handlers/settings.py"}
+    assert manifest["model"] == {"modelName": MODEL_NAME, "serializedFile": "weights.pt",
+                                 "handler": "torchserve_handler.py", "modelVersion": "1.0"}
+
+
+def test_spec_in_the_archive_comes_from_the_checkpoint(unpacked_mar, trained):
+    ckpt = checkpoint.load(trained)
+    spec = ModelSpec.load(unpacked_mar)
+    assert list(spec.labels) == ckpt["labels"]
+    assert spec.preprocess == checkpoint.preprocess_spec(ckpt)
+    assert (spec.name, spec.version, spec.arch.cls) == (MODEL_NAME, "1.0", "SmallCNN")
+
+
+def test_archived_model_predicts_like_the_checkpoint(unpacked_mar, trained):
+    net = checkpoint.build_net(checkpoint.load(trained))
+    served = ImageClassifier.load(unpacked_mar)
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(served.infer(x), torch.softmax(net(x), 1), atol=1e-6)
+
+
+def test_config_properties_is_kserve_layout_with_safe_defaults(store):
+    config = store / "config" / "config.properties"
+    props = dict(line.split("=", 1) for line in config.read_text().splitlines()
+                 if line and not line.startswith("#"))
+    defaults = ServingSettings()
+    assert props["inference_address"] == defaults.inference_url
+    assert props["metrics_address"] == f"http://127.0.0.1:{defaults.metrics_port}"
+    assert props["metrics_mode"] == "prometheus"
+    assert props["enable_envvars_config"] == "true"
+    assert props["enable_model_api"] == "false"  # models only from the snapshot (FrontendSettings)
+    assert props["job_queue_size"] == "100"
+    assert props["model_store"] == "/mnt/models/model-store"
+    models = json.loads(props["model_snapshot"])["models"]
+    assert models[MODEL_NAME]["1.0"]["marName"] == f"{MODEL_NAME}.mar"
+    assert models[MODEL_NAME]["1.0"]["minWorkers"] == 1
+    assert snapshot_models(config) == {MODEL_NAME: ["1.0"], IMAGENET_NAME: ["1.0"]}
+
+
+def test_config_lists_every_mar_in_the_store(trained, tmp_path):
+    archive.archive(trained, tmp_path, "first")
+    archive.archive(trained, tmp_path, "second", version="2.0")
+    assert snapshot_models(tmp_path / "config" / "config.properties") == {"first": ["1.0"], "second": ["2.0"]}
+
+
+def test_cli_reports_a_missing_checkpoint(tmp_path, capsys):
+    assert archive.main(["--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_each_archive_run_stages_in_its_own_temp_dir(trained, tmp_path, monkeypatch):
+    """torch-model-archiver stages in $TMPDIR/<model name>, removing whatever is there first: two
+    archives of one name built at once (tests beside a benchmark) broke each other. A file in the
+    shared spot would make the archiver fail if it still used it."""
+    shared = tmp_path / "shared-tmp"
+    shared.mkdir()
+    (shared / "race").write_text("another archiver's staging")
+    monkeypatch.setenv("TMPDIR", str(shared))
+    mar, _ = archive.archive(trained, tmp_path / "out", "race")
+    assert mar.exists() and (shared / "race").read_text() == "another archiver's staging"

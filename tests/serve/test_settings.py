@@ -1,0 +1,57 @@
+import pytest
+
+from handlers.settings import ServingSettings
+
+
+def test_defaults_are_torchserve_ports_on_loopback():
+    s = ServingSettings()
+    assert (s.host, s.inference_port, s.management_port, s.metrics_port) == ("127.0.0.1", 8080, 8081, 8082)
+    assert s.metrics_url == "http://127.0.0.1:8082/metrics"
+
+
+def test_environment_overrides_each_listener():
+    s = ServingSettings.from_env({"SERVE_HOST": "0.0.0.0", "SERVE_INFERENCE_PORT": "9000",
+                                  "SERVE_GRPC_INFERENCE_PORT": "9100", "UNRELATED": "x"})
+    assert (s.host, s.inference_port, s.grpc_inference_port, s.metrics_port) == ("0.0.0.0", 9000, 9100, 8082)
+
+
+def test_bad_port_is_a_clear_error():
+    with pytest.raises(ValueError, match="SERVE_METRICS_PORT must be a port number"):
+        ServingSettings.from_env({"SERVE_METRICS_PORT": "eighty"})
+
+
+def test_torchserve_env_uses_torchserves_own_variable_names():
+    env = ServingSettings(inference_port=1, management_port=2, metrics_port=3,
+                          grpc_inference_port=4, grpc_management_port=5).torchserve_env()
+    assert env == {
+        "TS_INFERENCE_ADDRESS": "http://127.0.0.1:1", "TS_MANAGEMENT_ADDRESS": "http://127.0.0.1:2",
+        "TS_METRICS_ADDRESS": "http://127.0.0.1:3", "TS_GRPC_INFERENCE_ADDRESS": "127.0.0.1",
+        "TS_GRPC_INFERENCE_PORT": "4", "TS_GRPC_MANAGEMENT_ADDRESS": "127.0.0.1",
+        "TS_GRPC_MANAGEMENT_PORT": "5", "TS_CORS_ALLOWED_ORIGIN": "http://127.0.0.1:8090",
+        "TS_CORS_ALLOWED_METHODS": "GET, POST, OPTIONS", "TS_CORS_ALLOWED_HEADERS": "Content-Type"}
+
+
+def test_cors_origin_defaults_to_the_try_it_page_and_can_be_set():
+    assert ServingSettings(ui_port=9999).allowed_origin == "http://127.0.0.1:9999"
+    s = ServingSettings.from_env({"SERVE_CORS_ORIGIN": "https://demo.example.org"})
+    assert s.torchserve_properties()["cors_allowed_origin"] == "https://demo.example.org"
+
+
+def test_one_default_model_name():
+    """The Makefile's MODEL, the default dataset (model/data.py cannot import the tools) and every
+    tool's default are scripts.serve.settings.DEFAULT_MODEL."""
+    import argparse
+    import re
+    from pathlib import Path
+
+    from model import data
+    from scripts.serve import archive
+    from scripts.serve.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL
+
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    assert re.search(r"^MODEL\s*\?=\s*(\S+)", makefile, re.M).group(1) == DEFAULT_MODEL
+    p = argparse.ArgumentParser()
+    data.add_source_args(p)
+    assert p.get_default("dataset") == DEFAULT_MODEL in data.LOADERS
+    assert archive.get_args_parser().get_default("model_name") == DEFAULT_MODEL
+    assert DEFAULT_CHECKPOINT.parent.name == DEFAULT_MODEL
