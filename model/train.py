@@ -43,8 +43,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def preprocess_spec(args, train) -> PreprocessSpec:
     custom = args.image_size or args.channels or args.mean or args.std or not args.dataset or args.pretrained
     if not custom:
-        return presets.DATASET_SPECS[args.dataset]
-    base = presets.DATASET_SPECS.get(args.dataset) if args.dataset else None
+        return data.DATASETS[args.dataset].spec
+    base = data.DATASETS[args.dataset].spec if args.dataset in data.DATASETS else None
     size = args.image_size or (base.height if base else 64)
     channels = args.channels or (base.channels if base else 3)
     if args.mean and args.std:
@@ -133,10 +133,12 @@ def train_preset(args) -> presets.TrainPreset | None:
                  if value is not None}
     if args.augment is None and not overrides:
         return None
-    name = args.augment
-    if name == "auto":
-        name = args.dataset if args.dataset in presets.TRAIN_PRESETS else "photos"
-    preset = dataclasses.replace(presets.TRAIN_PRESETS[name] if name else presets.TrainPreset(), **overrides)
+    named = data.augment_presets()
+    if args.augment == "auto":
+        base = named.get(args.dataset, data.PHOTOS)
+    else:
+        base = named[args.augment] if args.augment else presets.TrainPreset()
+    preset = dataclasses.replace(base, **overrides)
     if not 0 <= preset.erasing <= 1:
         raise ValueError(f"--random-erasing {preset.erasing}: a probability, 0..1")
     if preset.crop_scale is not None and not 0 < preset.crop_scale <= 1:
@@ -333,20 +335,6 @@ def resumable_state(path: Path) -> dict:
     return state
 
 
-def arch_options(args, spec: PreprocessSpec) -> dict:
-    """Architecture-specific constructor arguments (defaults left out, so checkpoints of the
-    quick recipe keep their exact kwargs)."""
-    if args.arch == "small_cnn":
-        return {"width": args.width, **({"depth": args.depth} if args.depth != 1 else {}),
-                **({"flip_tta": True} if args.flip_tta else {})}
-    if args.arch == "wide_resnet":
-        return {"depth": args.wrn_depth, "widen": args.widen, **({"dropout": args.dropout} if args.dropout else {}),
-                **({"flip_tta": True} if args.flip_tta else {})}
-    if args.arch in nets.TORCHVISION_HEADS:
-        return {"image_size": max(spec.height, spec.width)}
-    return {}
-
-
 def main(argv=None) -> dict:
     args = get_args_parser().parse_args(argv)
     if args.image_folder or args.csv:
@@ -378,7 +366,7 @@ def main(argv=None) -> dict:
         tensors[f"x_{name}"], tensors[f"y_{name}"] = to_tensors(ds, spec, name)
 
     arch_kwargs = nets.arch_kwargs(args.arch, num_classes=len(labels), in_channels=spec.channels,
-                                   **arch_options(args, spec))
+                                   **nets.ARCHS[args.arch].options_from(args, max(spec.height, spec.width)))
     net = nets.build(args.arch, **arch_kwargs)
     if args.pretrained and not args.resume:  # a resumed run gets its weights from last.pt
         print(f"pretrained: {pretrained.load_pretrained(net, args.arch, arch_kwargs, args.download)} "

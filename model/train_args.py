@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model import data, nets, presets, split
+from model import data, nets, split
 
 
 def parser(description: str | None = None) -> argparse.ArgumentParser:
@@ -56,11 +56,11 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
     m.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up before cosine decay")
     m.add_argument("--label-smoothing", type=float, default=0.0)
     m.add_argument("--clip-grad-norm", type=float, default=None)
-    m.add_argument("--augment", nargs="?", const="auto", default=None, choices=("auto", *presets.TRAIN_PRESETS),
-                   help="training augmentation preset (model/presets.py TRAIN_PRESETS); alone: the data's "
-                        "own (fashion-mnist: shift + flip; mnist: shift + rotation; cifar-10: shift, flip, "
-                        "jitter; folder/CSV photos: random resized crop, flip, jitter). Helps long runs; "
-                        "slows the 3-epoch quick recipe's convergence")
+    m.add_argument("--augment", nargs="?", const="auto", default=None, choices=("auto", *data.augment_presets()),
+                   help="training augmentation preset (model/data.py DATASETS; photos: folder/CSV data); "
+                        "alone: the data's own. "
+                        + "; ".join(f"{n}: {p.summary()}" for n, p in data.augment_presets().items())
+                        + ". Helps long runs; slows the 3-epoch quick recipe's convergence")
     m.add_argument("--random-erasing", type=float, default=None, metavar="P",
                    help="erase one random rectangle per image with probability P (adds to --augment)")
     m.add_argument("--rotation", type=float, default=None, metavar="DEG", help="random rotation within ±DEG")

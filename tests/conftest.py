@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from model import data, imagenet, train
 from scripts.serve import archive
 from scripts.serve.settings import DEFAULT_MODEL, loopback_settings
 from scripts.serve.torchserve import TorchServe
-from tests.helpers import IMAGENET_NAME, MODEL_NAME
+from tests.helpers import IMAGENET_NAME, MODEL_NAME, written_since
 
 
 # An integration test needs more than this process: a server, a real tool (the model archiver,
@@ -54,6 +55,23 @@ def mlflow_store(tmp_path_factory):
         uri = f"sqlite:///{tmp_path_factory.mktemp('mlruns') / 'mlflow.db'}"
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         yield uri
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_into_the_source_tree():
+    """Tests write into temporary folders only: a file the run creates in the repository (an
+    artifact, a generated file, a default --out) or a recorded result it overwrites in docs/
+    fails the session. Edits to tracked source files during a run are a developer's, not checked."""
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split())
+    t0 = time.time()
+    yield
+    asked = {"docs/ui-screenshot.png"} if os.environ.get("UPDATE_UI_SCREENSHOT") == "1" else set()
+    written = [f for f in written_since(REPO, t0)
+               if (f not in tracked or f.startswith("docs/")) and f not in asked]
+    assert not written, f"the tests wrote into the source tree: {written[:20]}"
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
 """Helpers shared by the tests of every area (fixtures are in conftest.py)."""
 from __future__ import annotations
 
+import ast
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -13,6 +15,51 @@ from scripts.serve.settings import DEFAULT_MODEL
 
 MODEL_NAME = DEFAULT_MODEL
 IMAGENET_NAME = "imagenet"
+
+
+def names_written_outside(registry: str, names: set[str]) -> list[str]:
+    """Where model/*.py uses one of `names` as a dict key or in a comparison, outside the assignment
+    to `registry`: a per-name fact kept somewhere other than its registry entry."""
+    found = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "model").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        assigns = [(node, node.targets if isinstance(node, ast.Assign) else [node.target])
+                   for node in tree.body if isinstance(node, ast.Assign | ast.AnnAssign)]
+        inside = {id(n) for node, targets in assigns if registry in {getattr(t, "id", None) for t in targets}
+                  for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if id(node) in inside:
+                continue
+            if isinstance(node, ast.Dict):
+                used = node.keys
+            elif isinstance(node, ast.Compare):
+                used = [node.left, *node.comparators]
+                used += [e for c in used if isinstance(c, ast.Tuple | ast.List | ast.Set) for e in c.elts]
+            else:
+                continue
+            found += [f"{path.name}:{node.lineno} {c.value!r}" for c in used
+                      if isinstance(c, ast.Constant) and c.value in names]
+    return found
+
+
+# Not the tests' to check: git's, the virtualenvs and tools `make setup` installs, caches of Python
+# and pytest.
+NOT_WATCHED = {".git", ".venv", ".tools", ".pytest_cache", "__pycache__"}
+
+
+def written_since(root: Path, t0: float) -> list[str]:
+    """Files under `root` modified after `t0` (relative paths)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in NOT_WATCHED]
+        for name in filenames:
+            path = Path(dirpath) / name
+            try:
+                if path.stat().st_mtime > t0:
+                    found.append(path.relative_to(root).as_posix())
+            except FileNotFoundError:
+                pass
+    return sorted(found)
 
 
 def png_bytes(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import argparse
 import socket
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import requests
 
-from scripts.monitoring import dashboard, load, render, rules
+from scripts.monitoring import dashboard, load, names, render
 from scripts.monitoring.prometheus import Prometheus, write_config
 from handlers.settings import ServingSettings
 from scripts.serve.settings import DEFAULT_MODEL
@@ -40,6 +40,22 @@ def metrics_up(settings: ServingSettings) -> bool:
         return False
 
 
+def panels_with_data(prom: Prometheus, timeout: float) -> list[str]:
+    """Polls until every panel has a series to draw (the GPU one only where a GPU is): rates need
+    two scrapes after a series' first sample and the recording rules one evaluation after that.
+    Returns the panels still without data at the deadline."""
+    gpu_here = shutil.which("nvidia-smi") is not None
+    pending = [p for p in dashboard.PANELS
+               if gpu_here or not any(names.GPU_UTILIZATION in q.expr for q in p.queries)]
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        pending = [p for p in pending
+                   if not any(prom.query(dashboard.prometheus_query(q.expr)) for q in p.queries)]
+        if pending:
+            time.sleep(0.5)
+    return [p.title for p in pending]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--store", type=Path, default=Path("build/serve"))
@@ -51,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     settings = ServingSettings.from_env()
-    work = Path(tempfile.mkdtemp(prefix="monitor-"))
+    # TorchServe's and Prometheus' files beside the picture, for a look when a panel is empty;
+    # each run starts them afresh.
+    work = args.out.parent / "work"
+    shutil.rmtree(work, ignore_errors=True)
     ts = None
     if metrics_up(settings):
         print(f"monitor: using the running TorchServe ({settings.metrics_url})")
@@ -67,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.time()
         result = load.run_load(settings.inference_url, args.model, images, args.requests, args.seconds)
         print(f"monitor: load: {result.summary()}")
-        prom.wait_for(rules.HANDLE_QUANTILE["p50"], timeout=15)
-        time.sleep(3)  # a few more scrapes and rule evaluations after the last request
+        waiting_for = panels_with_data(prom, timeout=30)
+        if waiting_for:
+            print(f"monitor: no data yet after 30 s for: {', '.join(waiting_for)}")
         drawn = render.render(prom, args.out, start - 5, time.time())
         for title, count in drawn.items():
             print(f"  {title}: {count} series")

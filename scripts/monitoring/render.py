@@ -23,6 +23,9 @@ def legend(template: str, labels: dict) -> str:
 
 def render(prom: Prometheus, out: Path, start: float, end: float, step: float = 1.0) -> dict[str, int]:
     """Writes the PNG; returns the number of series drawn per panel."""
+    # Prometheus evaluates at start + k·step: start is moved back so that `end` itself is a step
+    # and the newest samples are drawn.
+    start = end - math.ceil((end - start) / step) * step
     panels = dashboard.PANELS
     cols = 3
     rows = math.ceil(len(panels) / cols)

@@ -4,7 +4,7 @@
     python -m scripts.serve stop
     python -m scripts.serve status
 
-Ports come from scripts/serve/settings.py (override with SERVE_* environment variables).
+Ports come from handlers/settings.py (override with SERVE_* environment variables).
 """
 from __future__ import annotations
 

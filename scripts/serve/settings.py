@@ -27,7 +27,7 @@ KSERVE_MODEL_MOUNT = "/mnt/models"
 @dataclass(frozen=True)
 class FrontendSettings:
     """Server-wide TorchServe frontend settings written into config.properties. The defaults are
-    what `make serve` and a pod run; the reliability suite (scripts/harness/reliability.py) turns on the
+    what `make serve` and a pod run; the reliability suite (scripts/harness/reliability/) turns on the
     model API for its rollout and shrinks the queue to provoke overload 503s."""
 
     # Jobs waiting per model before the frontend answers 503 at once (TorchServe's default: 100).

@@ -190,7 +190,7 @@ def test_notes_promise_no_grpc_through_kserves_ingress():
     assert "-authority" not in text
 
 
-# --- the TorchServe runtime: one source of truth with scripts/serve/settings.py --------------------------
+# --- the TorchServe runtime: one source of truth with handlers/settings.py ---------------------------------
 
 def test_torchserve_runtime_runs_torchserve_directly_on_the_storage_layout():
     c = runtime_container(render(), "torchserve")

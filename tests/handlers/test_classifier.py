@@ -16,7 +16,7 @@ from skimage import data as skdata
 from handlers.accel import InferenceOptions
 from handlers.classifier import ImageClassifier
 from handlers.errors import InvalidImage
-from scripts.harness import reliability
+from scripts.harness.reliability.inputs import corrupt_dds
 from tests.helpers import IMAGENET_NAME, MODEL_NAME, png_bytes
 
 
@@ -94,7 +94,7 @@ def test_a_decoder_raising_outside_its_errors_fails_only_its_own_slot(model_dirs
     fuzzing find): that image is a 400 of its own, its batch neighbours are still answered."""
     clf = ImageClassifier.load(model_dirs[MODEL_NAME],
                                options=InferenceOptions(device="cpu", tensor_decode=tensor_decode))
-    got = clf.predict([fmnist_images[0], reliability.corrupt_dds(), fmnist_images[1]])
+    got = clf.predict([fmnist_images[0], corrupt_dds(), fmnist_images[1]])
     assert isinstance(got[1], InvalidImage) and "NotImplementedError" in str(got[1]), got[1]
     assert got[0] == clf.predict(fmnist_images[:1])[0] and got[2] == clf.predict(fmnist_images[1:2])[0]
 

@@ -12,7 +12,7 @@ import torch
 
 from scripts.harness.bench import __main__ as bench
 from scripts.harness.bench import report, targets
-from scripts.harness.bench.load import Point, run_point
+from scripts.harness.bench.points import Point, run_point
 from tests.helpers import MODEL_NAME, assert_same_topk
 
 

@@ -6,10 +6,11 @@ import random
 
 import pytest
 
-from scripts.harness.bench.load import Point
+from scripts.harness.bench.points import Point
 from scripts.harness.latency import quantile
 from scripts.monitoring.load import LoadResult
-from scripts.harness.reliability import Sample, latency_ms
+from scripts.harness.load import Sample, latency_ms
+from scripts.harness.reliability.scenarios import ms
 
 
 def test_nearest_rank_on_a_known_distribution():
@@ -36,9 +37,10 @@ def test_every_load_tool_uses_it():
     secs = [0.001 * i for i in range(1, 21)]
     point = Point("t", 1, latencies=list(secs))
     load = LoadResult(latencies=list(secs))
-    samples = [Sample(sent=0.0, done=x, status=200, matched=True, version="1.0") for x in secs]
+    samples = [Sample(i, sent=0.0, done=x, ok=True, status=200, version="1.0", error="") for i, x in enumerate(secs)]
     for q in (0.5, 0.95):
         want = quantile(secs, q) * 1e3
         assert point.quantile_ms(q) == pytest.approx(want)
         assert load.quantile(q) * 1e3 == pytest.approx(want)
-        assert latency_ms(samples, q) == pytest.approx(round(want, 1))
+        assert latency_ms(samples, q) == pytest.approx(want)
+        assert ms(samples, q) == pytest.approx(round(want, 1))

@@ -5,8 +5,10 @@ import os
 
 import pytest
 
-from scripts.harness import machine, reliability
+from scripts.harness import machine
 from scripts.harness.bench import report
+from scripts.harness.reliability.settings import ReliabilitySettings
+from scripts.harness.reliability.suite import SuiteResult, to_markdown
 
 
 @pytest.mark.integration
@@ -20,8 +22,8 @@ def test_one_description_with_the_keys_both_reports_read():
 @pytest.mark.integration
 def test_the_bench_and_reliability_reports_render_it():
     m = machine.describe()
-    suite = reliability.SuiteResult("quick", "today", 1.0, m, "make reliability")
-    text = reliability.to_markdown(suite, reliability.ReliabilitySettings())
+    suite = SuiteResult("quick", "today", 1.0, m, "make reliability")
+    text = to_markdown(suite, ReliabilitySettings())
     assert f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['platform']}" in text
     bench = report.markdown({"machine": m, "mode": "quick", "date": "d", "command": "c", "model": "x", "images": 1,
                              "duration_s": 1, "warmup_s": 1, "servers": "s", "verdicts": [], "points": [],

@@ -13,18 +13,24 @@ from skimage import data as skdata
 
 from model import data
 from scripts.serve import archive
-from scripts.harness import reliability
 from scripts.serve.settings import ModelServingSettings, loopback_settings
 from scripts.serve.torchserve import TorchServe, snapshot_models
+from scripts.harness.reliability.cli import main as reliability_main
+from scripts.harness.reliability import suite as reliability_suite
+from scripts.harness.reliability.inputs import b64, bad_input_cases, encode, raw_png
+from scripts.harness.reliability.scenarios import bad_inputs, overload, rollout, worker_fault
+from scripts.harness.reliability.settings import ReliabilitySettings
+from scripts.harness.reliability.suite import build_store
+from scripts.harness.reliability.workload import Reference, Workload, matches
 from tests.helpers import MODEL_NAME
 
 pytestmark = pytest.mark.integration
 
-RS = reliability.ReliabilitySettings.quick()
+RS = ReliabilitySettings.quick()
 
 
 def test_raw_png_header_claims_any_size_in_a_few_bytes():
-    bomb = reliability.raw_png(20_000, 20_000, bit_depth=1)
+    bomb = raw_png(20_000, 20_000, bit_depth=1)
     assert len(bomb) < 100_000
     with pytest.raises(Image.DecompressionBombError, match="400000000 pixels"):  # Pillow reads the header
         Image.open(io.BytesIO(bomb))
@@ -32,10 +38,10 @@ def test_raw_png_header_claims_any_size_in_a_few_bytes():
 
 def test_matches_needs_the_same_top1_and_probabilities():
     ref = {"Bag": 0.9, "Shirt": 0.09, "Coat": 0.0, "Dress": 0.0}
-    assert reliability.matches({"Bag": 0.90001, "Shirt": 0.09, "Dress": 0.0, "Coat": 0.0}, ref, 1e-4)
-    assert not reliability.matches({"Shirt": 0.9, "Bag": 0.09}, ref, 1e-4)
-    assert not reliability.matches({"Bag": 0.8, "Shirt": 0.19}, ref, 1e-4)
-    assert not reliability.matches({"error": "x"}, ref, 1e-4)
+    assert matches({"Bag": 0.90001, "Shirt": 0.09, "Dress": 0.0, "Coat": 0.0}, ref, 1e-4)
+    assert not matches({"Shirt": 0.9, "Bag": 0.09}, ref, 1e-4)
+    assert not matches({"Bag": 0.8, "Shirt": 0.19}, ref, 1e-4)
+    assert not matches({"error": "x"}, ref, 1e-4)
 
 
 def test_the_quick_suite_runs_end_to_end_and_records_its_results(trained, data_dir, tmp_path, monkeypatch):
@@ -48,9 +54,9 @@ def test_the_quick_suite_runs_end_to_end_and_records_its_results(trained, data_d
         started.append(loopback_settings())
         return started[-1]
 
-    monkeypatch.setattr(reliability, "loopback_settings", settings)
+    monkeypatch.setattr(reliability_suite, "loopback_settings", settings)
     out, record = tmp_path / "out", tmp_path / "docs" / "reliability.md"
-    rc = reliability.main(["--checkpoint", str(trained), "--data-dir", str(data_dir), "--out", str(out), "--quick",
+    rc = reliability_main(["--checkpoint", str(trained), "--data-dir", str(data_dir), "--out", str(out), "--quick",
                            "--load-seconds", "3", "--no-progress", "--record", str(record), "--note", "from a test"])
     results = json.loads((out / "results.json").read_text())
     scenarios = {s["name"]: s for s in results["scenarios"]}
@@ -73,11 +79,11 @@ def test_the_quick_suite_runs_end_to_end_and_records_its_results(trained, data_d
 @pytest.fixture(scope="module")
 def suite(trained, test_split, tmp_path_factory):
     """Its own TorchServe: model API on, a small queue, and a worker this module may kill."""
-    store = reliability.build_store(trained, tmp_path_factory.mktemp("rel-store"), RS)
-    reference = reliability.Reference(store.root / "model-store" / store.v1_mar)
+    store = build_store(trained, tmp_path_factory.mktemp("rel-store"), RS)
+    reference = Reference(store.root / "model-store" / store.v1_mar)
     out = tmp_path_factory.mktemp("rel-samples")
     listed = data.export_samples(test_split, out, per_class=2)
-    work = reliability.Workload.from_images([(out / s["file"]).read_bytes() for s in listed], reference)
+    work = Workload.from_images([(out / s["file"]).read_bytes() for s in listed], reference)
     ts = TorchServe(store.root, loopback_settings(), tmp_path_factory.mktemp("rel-run"))
     ts.start(timeout=180)
     yield ts, store, reference, work
@@ -95,11 +101,11 @@ def test_config_has_the_model_api_and_the_small_queue(suite):
 def test_every_bad_input_gets_a_named_4xx_and_odd_images_their_answer(suite):
     ts, _, reference, work = suite
     m = ModelServingSettings()
-    photo = reliability.encode(Image.fromarray(skdata.chelsea()), "JPEG", quality=90)
-    cases = reliability.bad_input_cases(work.images[0], photo, m.max_image_bytes,
+    photo = encode(Image.fromarray(skdata.chelsea()), "JPEG", quality=90)
+    cases = bad_input_cases(work.images[0], photo, m.max_image_bytes,
                                         archive.max_request_size(m.max_image_bytes))
     assert sum(c.valid is None for c in cases) >= 25
-    result = reliability.bad_inputs(ts, cases, work, reference, RS)
+    result = bad_inputs(ts, cases, work, reference, RS)
     wrong = [c for c in result.cases if not (c.ok and c.next_good_ok)]
     assert not wrong, wrong
     assert all(400 <= c.status < 500 for c in result.cases if c.expect != "200 = in-process answer")
@@ -113,14 +119,14 @@ def test_parameters_that_are_not_an_object_are_a_400_not_a_503(suite):
     phase checks that it no longer touches the good requests batched with it."""
     ts, _, _, work = suite
     url = ts.settings.inference_url
-    bad = {"instances": [reliability.b64(work.images[0])], "parameters": "topk=3"}
+    bad = {"instances": [b64(work.images[0])], "parameters": "topk=3"}
     r = requests.post(f"{url}/v1/models/{MODEL_NAME}:predict", json=bad, timeout=30)
     assert r.status_code == 400 and '"parameters" must be a JSON object' in r.json()["error"]
 
 
 def test_overload_burst_gets_fast_503s_and_recovers_by_itself(suite):
     ts, _, _, work = suite
-    result = reliability.overload(ts, work, RS)
+    result = overload(ts, work, RS)
     assert result.statuses.get(503, 0) > 0 and set(result.statuses) <= {200, 503}, result.summary()
     assert "no worker to serve" in result.message_503  # TorchServe's words for a full queue
     assert result.mismatched == 0
@@ -129,7 +135,7 @@ def test_overload_burst_gets_fast_503s_and_recovers_by_itself(suite):
 
 def test_worker_sigkill_under_load_recovers_within_15s(suite):
     ts, _, _, work = suite
-    result = reliability.worker_fault(ts, work, RS)
+    result = worker_fault(ts, work, RS)
     assert result.killed_pid not in result.new_pids and result.worker_restarts == 1
     assert result.recovery_s <= 15, result.summary()
     assert result.failed <= result.in_flight_at_kill, result.summary()
@@ -143,7 +149,7 @@ def test_rollout_to_version_2_under_load_loses_no_request(suite):
     left, READY."""
     ts, store, _, work = suite
     assert [d["modelVersion"] for d in ts.model_status(MODEL_NAME)] == ["1.0"]
-    result = reliability.rollout(ts, work, RS, store.v2_mar, "2.0", "1.0")
+    result = rollout(ts, work, RS, store.v2_mar, "2.0", "1.0")
     assert result.failed == 0 and result.mismatched == 0, result.summary()
     assert result.answers_by_version.get("1.0", 0) > 0 and result.answers_by_version.get("2.0", 0) > 0, result.summary()
     assert result.old_version_after_switch == 0, result.summary()

@@ -1,13 +1,12 @@
 import pytest
 import torch
 
-from model import checkpoint, nets
-from model.presets import DATASET_SPECS
+from model import checkpoint, data, nets
 
 
 def test_checkpoint_round_trip_under_weights_only(tmp_path):
     net = nets.build("small_cnn", num_classes=3, in_channels=1, width=4)
-    spec = DATASET_SPECS["fashion-mnist"]
+    spec = data.DATASETS["fashion-mnist"].spec
     path = checkpoint.save(tmp_path / "c.pt", net, arch="small_cnn",
                            arch_kwargs={"num_classes": 3, "in_channels": 1, "width": 4},
                            labels=["a", "b", "c"], spec=spec, args={"data_dir": tmp_path, "lr": 0.1},

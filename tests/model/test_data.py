@@ -1,3 +1,4 @@
+import argparse
 import gzip
 import json
 import pickle
@@ -6,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model import data
+from handlers.preprocess import PreprocessSpec
+from model import data, train_args
+from tests.helpers import names_written_outside
 
 
 def test_fashion_mnist_loads_through_torchvision_from_the_debian_files(test_split):
@@ -36,6 +39,28 @@ def test_ensure_unpacks_only_what_is_missing(tmp_path):
 def test_unknown_dataset_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset"):
         data.load("imagenet-22k", tmp_path, train=False)
+
+
+def test_the_dataset_registry_is_the_one_place_per_dataset_facts_live():
+    """Each dataset's loader, spec and augmentation preset sit in its DATASETS entry only; the CLI
+    choices are read from it (only entries with a loader can be loaded)."""
+    assert names_written_outside("DATASETS", set(data.DATASETS)) == []
+    for entry in data.DATASETS.values():
+        spec = entry.spec
+        assert isinstance(spec, PreprocessSpec) and len(spec.mean) == len(spec.std) == spec.channels
+        # `--augment` alone has a preset for every loadable dataset, and names no other
+        assert (entry.augment is not None) == (entry.loader is not None)
+    p = argparse.ArgumentParser()
+    data.add_source_args(p)
+    loadable = sorted(name for name, entry in data.DATASETS.items() if entry.loader)
+    assert loadable == ["cifar-10", "fashion-mnist", "mnist"]
+    assert next(a.choices for a in p._actions if a.dest == "dataset") == loadable
+    augment = next(a.choices for a in train_args.parser()._actions if a.dest == "augment")
+    assert augment == ("auto", "fashion-mnist", "mnist", "cifar-10", "photos")
+    assert data.augment_presets()["photos"] == data.PHOTOS
+    choose = r"\['cifar-10', 'fashion-mnist', 'mnist'\]$"
+    with pytest.raises(ValueError, match=r"^unknown dataset 'imagenet'; choose from " + choose):
+        data.load("imagenet", "data", train=False)  # a spec (model/imagenet.py's) but no images here
 
 
 def test_export_samples_writes_real_test_images_with_their_labels(samples, test_split):

@@ -11,8 +11,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from handlers.classifier import ImageClassifier
-from model import checkpoint, imagenet, nets
-from model.presets import DATASET_SPECS
+from model import checkpoint, data, imagenet, nets
 from scripts.serve import archive
 from tests.helpers import assert_same_topk, png_bytes
 
@@ -54,7 +53,7 @@ def test_checkpoint_carries_the_imagenet_labels_and_spec(ckpt_path):
     ckpt = checkpoint.load(ckpt_path)
     assert ckpt["arch"] == {"name": "efficientnet_lite", "kwargs": {"num_classes": 1000, "variant": "lite0"}}
     assert len(ckpt["labels"]) == 1000 and ckpt["labels"][281] == "tabby"
-    assert checkpoint.preprocess_spec(ckpt) == DATASET_SPECS["imagenet"]
+    assert checkpoint.preprocess_spec(ckpt) == data.DATASETS["imagenet"].spec
 
 
 @pytest.mark.parametrize("runtime", ["in_process", pytest.param("served", marks=pytest.mark.integration)])

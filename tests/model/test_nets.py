@@ -1,9 +1,11 @@
 import ast
+import inspect
 
 import pytest
 import torch
 
-from model import nets
+from model import nets, pretrained, train_args
+from tests.helpers import names_written_outside
 
 
 def test_small_cnn_maps_images_to_class_logits():
@@ -71,7 +73,7 @@ def test_wide_resnet_is_wrn_d_k_with_flip_tta():
         nets.build("wide_resnet", depth=12)
 
 
-TORCHVISION = sorted(nets.TORCHVISION_HEADS)
+TORCHVISION = sorted(name for name, arch in nets.ARCHS.items() if arch.cls == "TorchvisionNet")
 
 
 @pytest.mark.parametrize("name", TORCHVISION)
@@ -106,3 +108,56 @@ def test_backbones_with_fixed_input_sizes_resize_inside_the_model():
 def test_arch_kwargs_name_the_torchvision_backbone():
     assert nets.arch_kwargs("mobilenet_v3_small", num_classes=5) == {"name": "mobilenet_v3_small", "num_classes": 5}
     assert nets.arch_kwargs("small_cnn", width=8) == {"width": 8}
+
+
+def test_per_architecture_facts_live_in_their_archs_entry_only():
+    assert names_written_outside("ARCHS", set(nets.ARCHS)) == []
+
+
+@pytest.mark.parametrize("name", sorted(nets.ARCHS))
+def test_every_arch_entry_builds_from_the_training_flags_it_names(name):
+    """The entry's file, options (flags that exist, arguments the class takes), head and weights
+    source are complete: the network builds from the CLI defaults with a head for our classes."""
+    arch = nets.ARCHS[name]
+    assert arch.file.is_file() and arch.module == f"model.nets.{arch.file.stem}"
+    params = set(inspect.signature(arch.constructor()).parameters)
+    set_by_flags = {o.kwarg for o in arch.options} | ({arch.size_kwarg} if arch.size_kwarg else set())
+    assert set(arch.kwargs) | set_by_flags <= params and not set(arch.kwargs) & set_by_flags
+    parser = train_args.parser()
+    assert {o.dest for o in arch.options} <= {a.dest for a in parser._actions}
+    assert arch.weights is None or isinstance(arch.weights, nets.Weights)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        net = nets.build(name, num_classes=7, in_channels=1, **arch.options_from(parser.parse_args([]), 28))
+    assert [m for m in net.get_submodule(arch.head).modules() if isinstance(m, torch.nn.Linear)][-1].out_features == 7
+
+
+@pytest.mark.parametrize("argv, want", [
+    (["--arch", "small_cnn"], {"width": 16}),  # the quick recipe's checkpoint kwargs, exactly
+    (["--arch", "small_cnn", "--width", "8", "--depth", "2", "--flip-tta", "--dropout", "0.3"],
+     {"width": 8, "depth": 2, "flip_tta": True}),
+    (["--arch", "wide_resnet"], {"depth": 16, "widen": 8}),
+    (["--arch", "wide_resnet", "--wrn-depth", "10", "--widen", "2", "--dropout", "0.3", "--flip-tta", "--depth", "3"],
+     {"depth": 10, "widen": 2, "dropout": 0.3, "flip_tta": True}),
+    (["--arch", "efficientnet_lite", "--width", "8", "--flip-tta"], {}),
+    (["--arch", "vit_b_16", "--depth", "3"], {"image_size": 28}),
+])
+def test_training_flags_set_only_their_own_architecture_s_arguments(argv, want):
+    args = train_args.parser().parse_args(argv)
+    assert nets.ARCHS[args.arch].options_from(args, 28) == want
+
+
+@pytest.mark.parametrize("name", sorted(nets.ARCHS))
+def test_pretrained_handles_every_declared_weights_source(name, tmp_path, monkeypatch):
+    """A declared source is looked up (found, or a missing-file error); no source is refused with
+    the list of those that have one."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    if nets.ARCHS[name].weights is None:
+        with pytest.raises(ValueError) as e:
+            pretrained.check_available(name)
+        assert str(e.value) == (f"--pretrained: no ImageNet weights for {name!r}; use efficientnet_lite or one of "
+                                f"{TORCHVISION}")
+    else:
+        try:
+            pretrained.check_available(name)
+        except FileNotFoundError:
+            pass

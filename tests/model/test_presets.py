@@ -2,10 +2,9 @@ import torch
 
 from handlers.classifier import ImageClassifier
 from handlers.preprocess import bytes_to_tensor, normalize
-from model import presets
-from model.presets import DATASET_SPECS
+from model import data, presets
 
-SPEC = DATASET_SPECS["fashion-mnist"]
+SPEC = data.DATASETS["fashion-mnist"].spec
 
 
 def test_training_eval_preset_equals_serving_preprocessing_on_real_images(samples, test_split, unpacked_mar):
@@ -53,7 +52,7 @@ def _gen(seed: int = 0) -> torch.Generator:
 def test_the_fashion_mnist_preset_is_the_cpu_recipes_shift_and_flip_exactly():
     """`--augment` on Fashion-MNIST must stay what docs/results.md measured: bit-identical."""
     x = torch.randint(0, 255, (32, 1, 28, 28), dtype=torch.uint8)
-    got = presets.TRAIN_PRESETS["fashion-mnist"](x, SPEC, _gen(5))
+    got = data.DATASETS["fashion-mnist"].augment(x, SPEC, _gen(5))
     assert torch.equal(got, presets.train_augment(x, pad=2, flip=True, generator=_gen(5)))
 
 
@@ -92,7 +91,7 @@ def test_random_resized_crop_zooms_in():
 
 def test_color_jitter_stays_in_range_and_changes_intensity_not_shape():
     x = torch.randint(30, 220, (16, 3, 8, 8), dtype=torch.uint8)
-    out = presets.TrainPreset(jitter=0.4)(x, presets.DATASET_SPECS["cifar-10"], _gen())
+    out = presets.TrainPreset(jitter=0.4)(x, data.DATASETS["cifar-10"].spec, _gen())
     assert out.dtype == torch.uint8 and out.shape == x.shape and not torch.equal(out, x)
     assert (out.float().mean(dim=(1, 2, 3)) - x.float().mean(dim=(1, 2, 3))).abs().max() > 2
     gray = torch.full((2, 1, 4, 4), 100, dtype=torch.uint8)

@@ -6,13 +6,12 @@ import pytest
 from PIL import Image
 
 from model import data, split, stats
-from model.presets import DATASET_SPECS
 
 
 def test_fashion_mnist_training_images_give_the_preset_constants(data_dir, tmp_path, capsys):
     result = stats.main(["--dataset", "fashion-mnist", "--data-dir", str(data_dir),
                          "--output", str(tmp_path / "s.json")])
-    spec = DATASET_SPECS["fashion-mnist"]
+    spec = data.DATASETS["fashion-mnist"].spec
     assert result["images"] == 60000 and result["pixels"] == 60000 * 28 * 28 and result["channels"] == 1
     assert result["mean"][0] == pytest.approx(spec.mean[0], abs=1e-4)
     assert result["std"][0] == pytest.approx(spec.std[0], abs=1e-4)

@@ -115,7 +115,7 @@ def test_resume_from_a_file_without_training_state_is_a_cli_error(name, says, tr
     (["--random-erasing", "0.25", "--rotation", "5"], "overrides only"),
 ])
 def test_augmentation_preset_follows_the_data_unless_named(argv, expected):
-    from model import presets, train
+    from model import data, presets, train
 
     args = train.get_args_parser().parse_args(argv)
     if args.image_folder:
@@ -123,7 +123,7 @@ def test_augmentation_preset_follows_the_data_unless_named(argv, expected):
     got = train.train_preset(args)
     want = {None: None, "overrides only": presets.TrainPreset(erasing=0.25, rotation=5.0),
             "cifar-10+erasing": presets.TrainPreset(shift=4, flip=True, jitter=0.2, erasing=0.5)}
-    assert got == want.get(expected, presets.TRAIN_PRESETS.get(expected))
+    assert got == want.get(expected, data.augment_presets().get(expected))
 
 
 @pytest.mark.parametrize("flag, value, says", [("--random-erasing", "1.5", "a probability"),

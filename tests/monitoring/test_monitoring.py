@@ -11,7 +11,6 @@ import re
 import shutil
 import socket
 import subprocess
-import tempfile
 from pathlib import Path
 
 import prometheus_client
@@ -255,7 +254,6 @@ def test_make_monitor_renders_every_panel_from_live_data(torchserve, data_dir, t
     for field in ("host", "inference_port", "management_port", "metrics_port", "grpc_inference_port",
                   "grpc_management_port"):
         monkeypatch.setenv(f"SERVE_{field.upper()}", str(getattr(s, field)))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # its Prometheus' folder: here, not in /tmp
     out = tmp_path / "monitor" / "dashboard.png"
     # a store that does not exist: the running TorchServe must be used, none started
     assert monitor.main(["--store", str(tmp_path / "no-store"), "--data-dir", str(data_dir), "--requests", "150",

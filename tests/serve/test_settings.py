@@ -52,6 +52,6 @@ def test_one_default_model_name():
     assert re.search(r"^MODEL\s*\?=\s*(\S+)", makefile, re.M).group(1) == DEFAULT_MODEL
     p = argparse.ArgumentParser()
     data.add_source_args(p)
-    assert p.get_default("dataset") == DEFAULT_MODEL in data.LOADERS
+    assert p.get_default("dataset") == DEFAULT_MODEL in data.loadable()
     assert archive.get_args_parser().get_default("model_name") == DEFAULT_MODEL
     assert DEFAULT_CHECKPOINT.parent.name == DEFAULT_MODEL

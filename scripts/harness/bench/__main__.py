@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,11 +23,31 @@ from model import data
 from scripts.serve import archive
 from scripts.harness import machine
 from scripts.harness.bench import report, targets
-from scripts.harness.bench.load import run_point
+from scripts.harness.bench.points import run_point
+from scripts.harness.latency import quantile
 from scripts.serve.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL, ModelServingSettings
 
-ALL_TARGETS = ("in-process", "fastapi-baseline", "fastapi-1-thread", "kserve-rest", "kserve-grpc", "torchserve-rest",
-               "torchserve-grpc")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A serving path and how often it is measured: at every concurrency level (in-process: once,
+    one request at a time) and once per --torchserve-batch setting (TorchServe) or once."""
+
+    name: str
+    every_level: bool = True
+    per_batch_setting: bool = False
+
+
+TARGETS = {t.name: t for t in (
+    Target("in-process", every_level=False), Target("fastapi-baseline"), Target("fastapi-1-thread"),
+    Target("kserve-rest"), Target("kserve-grpc"),
+    Target("torchserve-rest", per_batch_setting=True), Target("torchserve-grpc", per_batch_setting=True))}
+
+
+def planned_points(names: list[str], levels: list[int], batch_settings: list) -> int:
+    return sum((len(levels) if TARGETS[n].every_level else 1)
+               * (len(batch_settings) if TARGETS[n].per_batch_setting else 1) for n in names)
 
 
 def test_images(data_dir: Path, n: int) -> list[bytes]:
@@ -53,9 +74,8 @@ def inprocess_batches(classifier, images: list[bytes], sizes: list[int], seconds
             t0 = time.perf_counter()
             classifier.predict([images[i % len(images)] for i in range(b)])
             lat.append(time.perf_counter() - t0)
-        lat.sort()
         out.append({"batch": b, "images_per_s": round(b * len(lat) / sum(lat), 1),
-                    "p50_ms": round(1e3 * lat[len(lat) // 2], 3)})
+                    "p50_ms": round(1e3 * quantile(lat, 0.5), 3)})
     return out
 
 
@@ -81,7 +101,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=4.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per point (not counted)")
     p.add_argument("--max-requests", type=int, default=100_000, help="cap per point")
-    p.add_argument("--targets", nargs="+", choices=ALL_TARGETS, default=list(ALL_TARGETS))
+    p.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS))
     p.add_argument("--torchserve-batch", type=batch_setting, nargs="+",
                    default=[(d.batch_size, d.max_batch_delay_ms), (1, 0)], metavar="SIZE:DELAY_MS",
                    help="TorchServe batch settings to measure; the first is named plainly, the others "
@@ -116,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         result = classifier.predict([img])[0]
         expected.append(next(iter(result)))
 
-    plan = len(levels) * (sum(t in args.targets for t in ALL_TARGETS[1:5])
-                          + len(args.torchserve_batch) * sum(t in args.targets for t in ALL_TARGETS[5:]))
-    plan += ("in-process" in args.targets)
-    bar = tqdm(total=plan, desc="bench", unit="point")
+    bar = tqdm(total=planned_points(args.targets, levels, args.torchserve_batch), desc="bench", unit="point")
 
     def measure(name: str, client, concurrencies, server=None) -> None:
         cpu = (lambda: targets.group_cpu_seconds(server.proc.pid)) if server else time.process_time

@@ -21,7 +21,7 @@ from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceSt
 
 from handlers.classifier import ImageClassifier
 from scripts.client import grpc_stubs
-from scripts.harness.bench.load import Client, Send
+from scripts.harness.bench.points import Client, Send
 from scripts.serve.kserve_native import KServeRuntime
 from scripts.serve.process import ServerError, ServerProcess, free_ports
 from scripts.serve.settings import loopback_settings

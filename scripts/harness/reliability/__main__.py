@@ -1,0 +1,3 @@
+from scripts.harness.reliability.cli import main
+
+raise SystemExit(main())
