@@ -141,8 +141,13 @@ reliability: setup $(CKPT)  ## full reliability suite on a real TorchServe (~4 m
 
 # --- Benchmarks: every serving path, same model and images, one run --------------------
 .PHONY: bench bench-gpu
-bench: setup $(CKPT)  ## in-process, TorchServe REST/gRPC, KServe-native REST/gRPC, FastAPI baseline; c=1..32 (~6 min) → docs/bench/bench.{md,json,png}
-	$(PY) -m scripts.harness.bench --checkpoint $(CKPT) --data-dir $(DATA) --out docs/bench $(BENCH_ARGS)
+BENCH_MODELS ?= fashion-mnist imagenet resnet50
+BENCH_REPEATS ?= 3
+bench: setup $(CKPT)  ## every serving path and the FastAPI baseline for each of $(BENCH_MODELS), interleaved rounds, with the in-process limit → docs/bench/bench*.{md,json,png}
+	for m in $(BENCH_MODELS); do \
+	  $(PY) -m scripts.harness.bench --bench-model $$m --checkpoint $(CKPT) --data-dir $(DATA) --repeats $(BENCH_REPEATS) \
+	    --limit --out docs/bench $(BENCH_ARGS) || exit 1; \
+	done
 
 bench-gpu: setup  ## on a GPU machine: stock TorchServe handler vs our GPU path vs raw fp16 forward, ResNet-50 batch 64 → docs/bench/gpu.{md,json}
 	$(PY) -m scripts.harness.bench.gpu --out docs/bench $(BENCH_ARGS)

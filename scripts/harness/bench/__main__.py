@@ -2,12 +2,21 @@
 (c) TorchServe gRPC, (d) the KServe-native runtime over REST and gRPC, and (e) a FastAPI baseline
 written the way people write one today; concurrency levels, batch settings, throughput and
 p50/p95/p99, ratios to (a) and (e) from the same run. Loopback only, bounded in time: each point
-runs `--duration` seconds after a warm-up. Writes <out>/bench.{json,md,png}."""
+runs `--duration` seconds after a warm-up. Writes <out>/bench.{json,md,png} (other models than the
+default: bench-<model>.*).
+
+`--bench-model` picks the model and its images (scripts/harness/bench/models.py). With `--repeats N`
+every server runs at once and the points are measured in N rounds, each in another order of the
+targets, so that a slow minute of the machine falls on all of them; each point reports the median
+of its rounds with their spread. `--limit` adds the machine's in-process limit for the model
+(scripts/harness/bench/limit.py) and each point's fraction of it."""
 from __future__ import annotations
 
 import argparse
-import io
+import contextlib
 import json
+import os
+import statistics
 import shlex
 import shutil
 import sys
@@ -19,12 +28,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from model import data
-from scripts.serve import archive
 from scripts.harness import machine
-from scripts.harness.bench import report, targets
+from scripts.harness.bench import limit, report, targets
+from scripts.harness.bench.models import BENCH_MODELS
 from scripts.harness.bench.points import run_point
 from scripts.harness.latency import quantile
+from scripts.serve import archive
 from scripts.serve.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL, ModelServingSettings
 
 
@@ -48,20 +57,6 @@ TARGETS = {t.name: t for t in (
 def planned_points(names: list[str], levels: list[int], batch_settings: list) -> int:
     return sum((len(levels) if TARGETS[n].every_level else 1)
                * (len(batch_settings) if TARGETS[n].per_batch_setting else 1) for n in names)
-
-
-def test_images(data_dir: Path, n: int) -> list[bytes]:
-    """The first `n` real Fashion-MNIST test images, PNG-encoded as a client would send them."""
-    data.ensure_fashion_mnist(data_dir)
-    ds = data.load(DEFAULT_MODEL, data_dir, train=False)
-    out = []
-    for img in data.pil_images(ds):
-        buf = io.BytesIO()
-        img.save(buf, "PNG")
-        out.append(buf.getvalue())
-        if len(out) == n:
-            return out
-    return out
 
 
 def inprocess_batches(classifier, images: list[bytes], sizes: list[int], seconds: float) -> list[dict]:
@@ -94,9 +89,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                    help="the model to serve (make train writes the default)")
-    p.add_argument("--model-name", default=DEFAULT_MODEL)
+    p.add_argument("--bench-model", choices=sorted(BENCH_MODELS), default=DEFAULT_MODEL,
+                   help="which model and images (scripts/harness/bench/models.py); "
+                        f"{DEFAULT_MODEL} serves --checkpoint")
+    p.add_argument("--model-name", default=None, help="the name it is served under (default: --bench-model)")
+    p.add_argument("--repeats", type=int, default=1, help="rounds per point, interleaved; medians reported")
+    p.add_argument("--limit", action="store_true", help="also sweep the in-process limit (limit.py)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="Fashion-MNIST (test images)")
-    p.add_argument("--images", type=int, default=32, help="distinct real test images sent round-robin")
+    p.add_argument("--images", type=int, default=32, help="distinct real images sent round-robin (at most)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--duration", type=float, default=4.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per point (not counted)")
@@ -113,99 +113,128 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def aggregate(rounds: list[dict]) -> dict:
+    """One point from its rounds: medians, the throughput's spread, errors summed."""
+    if len(rounds) == 1:
+        return rounds[0]
+    med = lambda key: None if rounds[0].get(key) is None else statistics.median(r[key] for r in rounds)  # noqa: E731
+    rps = [r["throughput_rps"] for r in rounds]
+    first_error = next((r["first_error"] for r in rounds if r.get("first_error")), "")
+    return {"target": rounds[0]["target"], "concurrency": rounds[0]["concurrency"], "repeats": len(rounds),
+            "seconds": round(sum(r["seconds"] for r in rounds), 3), "requests": sum(r["requests"] for r in rounds),
+            "errors": sum(r["errors"] for r in rounds), "wrong": sum(r["wrong"] for r in rounds),
+            "throughput_rps": round(statistics.median(rps), 1), "throughput_min": min(rps), "throughput_max": max(rps),
+            **{k: round(med(k), 3) for k in ("p50_ms", "p95_ms", "p99_ms")},
+            "server_cpu_ms": None if med("server_cpu_ms") is None else round(med("server_cpu_ms"), 3),
+            **({"first_error": first_error} if first_error else {})}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    if not args.checkpoint.exists():
+    model = BENCH_MODELS[args.bench_model]
+    name = args.model_name or args.bench_model
+    if model.make_checkpoint is None and not args.checkpoint.exists():
         print(f"bench: error: no checkpoint at {args.checkpoint}: run `make train` first (or pass --checkpoint)",
               file=sys.stderr)
         return 2
-    if any(c < 1 for c in args.concurrency) or args.duration <= 0:
-        print("bench: error: concurrency levels must be ≥ 1 and --duration > 0", file=sys.stderr)
+    if any(c < 1 for c in args.concurrency) or args.duration <= 0 or args.repeats < 1:
+        print("bench: error: concurrency levels and --repeats must be ≥ 1 and --duration > 0", file=sys.stderr)
         return 2
-    images = test_images(args.data_dir, args.images)
     levels = sorted(set(args.concurrency))
-    points: list[dict] = []
+    rounds: dict[tuple[str, int], list[dict]] = {}
     notes: list[str] = []
     servers: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="bench-"))
-    store = work / "store"
-    mar, _ = archive.archive(args.checkpoint, store, args.model_name)
-    classifier = targets.load_inprocess(mar, work / "unpacked")
-    expected = []
-    for img in images:
-        result = classifier.predict([img])[0]
-        expected.append(next(iter(result)))
-
-    bar = tqdm(total=planned_points(args.targets, levels, args.torchserve_batch), desc="bench", unit="point")
-
-    def measure(name: str, client, concurrencies, server=None) -> None:
-        cpu = (lambda: targets.group_cpu_seconds(server.proc.pid)) if server else time.process_time
-        for c in concurrencies:
-            bar.set_postfix_str(f"{name} c={c}")
-            point = run_point(name, client, expected, c, args.duration, args.warmup, args.max_requests,
-                              cpu).to_dict()
-            points.append(point)
-            bar.update()
-            if point["errors"] or point["wrong"]:
-                tqdm.write(f"  {name} c={c}: {point['errors']} errors, {point['wrong']} wrong answers: "
-                           f"{point.get('first_error', '')}")
-
     started = time.time()
+    load_average = {"start": [round(x, 2) for x in os.getloadavg()]}
     try:
-        if "in-process" in args.targets:
-            # one request at a time: the pipeline's own cost, the floor the servers add to
-            measure("in-process", targets.inprocess_client(classifier, images), [1])
-            results_batches = inprocess_batches(classifier, images, args.inprocess_batches, args.duration / 2)
-        else:
-            results_batches = []
-        if "fastapi-baseline" in args.targets:
-            with targets.Stopper(targets.start_baseline(args.checkpoint, work / "baseline")) as base:
-                servers.append("FastAPI baseline: uvicorn, 1 worker, `async def` endpoint, multipart `UploadFile`")
-                measure("fastapi-baseline", targets.baseline_client(base.port, images), levels, base)
-        if "fastapi-1-thread" in args.targets:
-            # the same app with OMP_NUM_THREADS=1: how much of the gap is torch's thread setting alone
-            with targets.Stopper(targets.start_baseline(args.checkpoint, work / "baseline-1", torch_threads=1)) as base:
-                servers.append("FastAPI baseline with OMP_NUM_THREADS=1 (fastapi-1-thread)")
-                measure("fastapi-1-thread", targets.baseline_client(base.port, images), levels, base)
-        if {"kserve-rest", "kserve-grpc"} & set(args.targets):
-            with targets.Stopper(targets.start_kserve(store, work / "kserve", tuple(shlex.split(args.kserve_args)))) as rt:
+        images = model.images(args.data_dir, args.images)
+        checkpoint = model.make_checkpoint(work) if model.make_checkpoint else args.checkpoint
+        store = work / "store"
+        mar, _ = archive.archive(checkpoint, store, name)
+        classifier = targets.load_inprocess(mar, work / "unpacked")
+        expected = [next(iter(classifier.predict([img])[0])) for img in images]
+        limit_result = limit.sweep(checkpoint, images, seconds=args.duration / 2) if args.limit else None
+        results_batches = (inprocess_batches(classifier, images, args.inprocess_batches, args.duration / 2)
+                           if "in-process" in args.targets else [])
+
+        with contextlib.ExitStack() as stack:
+            # every server up before the first point: the rounds interleave their points
+            plan: list[tuple[str, object, list[int], object]] = []  # (target, client, levels, server)
+            if "in-process" in args.targets:
+                # one request at a time: the pipeline's own cost, the floor the servers add to
+                plan.append(("in-process", targets.inprocess_client(classifier, images), [1], None))
+            for target, threads in (("fastapi-baseline", None), ("fastapi-1-thread", 1)):
+                if target in args.targets:
+                    base = stack.enter_context(targets.Stopper(
+                        targets.start_baseline(checkpoint, work / target, torch_threads=threads)))
+                    servers.append("FastAPI baseline: uvicorn, 1 worker, `async def` endpoint, multipart `UploadFile`"
+                                   + (" (fastapi-1-thread: OMP_NUM_THREADS=1)" if threads else ""))
+                    plan.append((target, targets.baseline_client(base.port, images), levels, base))
+            if {"kserve-rest", "kserve-grpc"} & set(args.targets):
+                rt = stack.enter_context(targets.Stopper(
+                    targets.start_kserve(store, work / "kserve", tuple(shlex.split(args.kserve_args)))))
                 servers.append(f"KServe-native runtime: scripts/runtime/ {args.kserve_args}(REST raw bytes on the "
                                "v1 route; OIP gRPC ModelInfer, raw BYTES; greedy micro-batching)")
                 if "kserve-rest" in args.targets:
-                    measure("kserve-rest", targets.kserve_rest_client(rt, args.model_name, images), levels, rt)
+                    plan.append(("kserve-rest", targets.kserve_rest_client(rt, name, images), levels, rt))
                 if "kserve-grpc" in args.targets:
-                    measure("kserve-grpc", targets.kserve_grpc_client(rt, args.model_name, images), levels, rt)
-        if {"torchserve-rest", "torchserve-grpc"} & set(args.targets):
-            for n, (size, delay) in enumerate(args.torchserve_batch):
-                suffix = "" if n == 0 else f" (b{size}/{delay}ms)"
-                archive.write_config(store, model_settings=ModelServingSettings(batch_size=size, max_batch_delay_ms=delay))
-                with targets.Stopper(targets.start_torchserve(store, work / f"torchserve-{n}")) as ts:
-                    servers.append(f"TorchServe 0.12{suffix or ''}: 1 worker, batch size {size}, max batch delay {delay} ms")
+                    plan.append(("kserve-grpc", targets.kserve_grpc_client(rt, name, images), levels, rt))
+            if {"torchserve-rest", "torchserve-grpc"} & set(args.targets):
+                for n, (size, delay) in enumerate(args.torchserve_batch):
+                    suffix = "" if n == 0 else f" (b{size}/{delay}ms)"
+                    own = work / f"store-{n}"
+                    shutil.copytree(store, own)
+                    archive.write_config(own, model_settings=ModelServingSettings(batch_size=size, max_batch_delay_ms=delay))
+                    ts = stack.enter_context(targets.Stopper(targets.start_torchserve(own, work / f"torchserve-{n}")))
+                    servers.append(f"TorchServe 0.12{suffix}: 1 worker, batch size {size}, max batch delay {delay} ms")
                     if "torchserve-rest" in args.targets:
-                        measure(f"torchserve-rest{suffix}", targets.torchserve_rest_client(ts, args.model_name, images), levels, ts)
+                        plan.append((f"torchserve-rest{suffix}", targets.torchserve_rest_client(ts, name, images), levels, ts))
                     if "torchserve-grpc" in args.targets:
-                        measure(f"torchserve-grpc{suffix}", targets.torchserve_grpc_client(ts, args.model_name, images), levels, ts)
-    finally:
-        bar.close()
-        shutil.rmtree(work, ignore_errors=True)
+                        plan.append((f"torchserve-grpc{suffix}", targets.torchserve_grpc_client(ts, name, images), levels, ts))
 
-    report.add_ratios(points)
+            total = args.repeats * sum(len(lv) for _, _, lv, _ in plan)
+            with tqdm(total=total, desc=f"bench {args.bench_model}", unit="point") as bar:
+                for r in range(args.repeats):
+                    order = plan[r % len(plan):] + plan[:r % len(plan)]  # each round starts elsewhere
+                    for c in levels:
+                        for target, client, target_levels, server in order:
+                            if c not in target_levels:
+                                continue
+                            bar.set_postfix_str(f"round {r + 1} {target} c={c}")
+                            cpu = (lambda s=server: targets.group_cpu_seconds(s.proc.pid)) if server else time.process_time
+                            point = run_point(target, client, expected, c, args.duration, args.warmup,
+                                              args.max_requests, cpu).to_dict()
+                            rounds.setdefault((target, c), []).append(point)
+                            bar.update()
+                            if point["errors"] or point["wrong"]:
+                                tqdm.write(f"  {target} c={c}: {point['errors']} errors, {point['wrong']} wrong "
+                                           f"answers: {point.get('first_error', '')}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    load_average["end"] = [round(x, 2) for x in os.getloadavg()]
+
+    points = [aggregate(rs) for rs in rounds.values()]
+    points.sort(key=lambda p: (list(dict.fromkeys(k[0] for k in rounds)).index(p["target"]), p["concurrency"]))
+    report.add_ratios(points, limit_result)
     results = {
         "mode": args.mode, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python -m scripts.harness.bench", *map(shlex.quote, argv if argv is not None else sys.argv[1:])]),
-        "machine": machine.describe(), "model": f"{args.model_name} ({args.checkpoint})", "images": len(images),
-        "duration_s": args.duration, "warmup_s": args.warmup, "wall_s": round(time.time() - started, 1),
-        "servers": "; ".join(servers), "points": points, "inprocess_batches": results_batches,
-        "notes": notes,
+        "machine": machine.describe(), "load_average": load_average,
+        "bench_model": args.bench_model, "model": f"{name}: {model.what}", "images": len(images),
+        "duration_s": args.duration, "warmup_s": args.warmup, "repeats": args.repeats,
+        "wall_s": round(time.time() - started, 1), "servers": "; ".join(servers), "points": points,
+        "inprocess_batches": results_batches, "limit": limit_result, "notes": notes,
     }
-    results["verdicts"] = report.verdicts(points)
+    results["verdicts"] = report.verdicts(points, args.bench_model)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "bench.md").write_text(report.markdown(results))
-    report.plot(results, args.out / "bench.png")
+    stem = "bench" if args.bench_model == DEFAULT_MODEL else f"bench-{args.bench_model}"
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / f"{stem}.md").write_text(report.markdown(results))
+    report.plot(results, args.out / f"{stem}.png")
     for v in results["verdicts"]:
-        print(f"{'MET ' if v['met'] else 'MISS'} {v['check']}: {report.fmt(v['value'], 2)}")
-    print(f"bench: results in {args.out}/bench.md, bench.json and bench.png ({results['wall_s']} s)")
+        print(f"{v['verdict']:<6} {v['check']}: {report.fmt(v['value'], 2)}")
+    print(f"bench: results in {args.out}/{stem}.md, {stem}.json and {stem}.png ({results['wall_s']} s)")
     return 0
 
 

@@ -1,0 +1,144 @@
+"""The machine's limit for a model: the best in-process throughput of its network (images per
+second through the forward pass, preprocessed tensors in), swept over batch size × torch threads ×
+memory format (contiguous, channels_last), optionally × torch.compile; and what decoding and
+preprocessing one request's image costs on one thread, through the handler's own code. A served
+path is judged against this: no server can beat the forward pass it runs.
+
+    python -m scripts.harness.bench.limit --bench-model imagenet [--compile] [--out docs/bench]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from handlers.preprocess import bytes_to_tensor
+from model import checkpoint
+from scripts.harness import machine
+from scripts.harness.bench.models import BENCH_MODELS
+from scripts.serve.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class Setting:
+    batch: int
+    threads: int
+    channels_last: bool
+    compiled: bool = False
+
+    def label(self) -> str:
+        return (f"batch {self.batch}, {self.threads} thread{'s' if self.threads > 1 else ''}, "
+                f"{'channels_last' if self.channels_last else 'contiguous'}{', compiled' if self.compiled else ''}")
+
+
+def forward_rate(net: torch.nn.Module, x: torch.Tensor, s: Setting, seconds: float) -> float:
+    """Images per second of `net` on batches of `s.batch` copies drawn from `x`, after a warm-up."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(s.threads)
+    try:
+        fmt = torch.channels_last if s.channels_last else torch.contiguous_format
+        model = net.to(memory_format=fmt)
+        if s.compiled:
+            model = torch.compile(model)
+        batch = x[torch.arange(s.batch) % len(x)].contiguous(memory_format=fmt)
+        with torch.inference_mode():
+            for _ in range(2):  # warm-up: allocator, kernels' first calls, compilation
+                model(batch)
+            n, t0 = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - t0) < seconds or n < 2:
+                model(batch)
+                n += 1
+        return n * s.batch / elapsed
+    finally:
+        torch.set_num_threads(previous)
+
+
+def preprocess_seconds(images: list[bytes], spec, rounds: int = 3) -> float:
+    """Seconds to decode and preprocess one image (the handler's PIL path, one thread)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            for body in images:
+                bytes_to_tensor(body, spec)
+        return (time.perf_counter() - t0) / (rounds * len(images))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def sweep(ckpt_path: Path, images: list[bytes], batches=(1, 8, 32), threads=(1, 2), compiled=(False,),
+          seconds: float = 2.0) -> dict:
+    ckpt = checkpoint.load(ckpt_path)
+    net, spec = checkpoint.build_net(ckpt), checkpoint.preprocess_spec(ckpt)
+    x = torch.stack([bytes_to_tensor(b, spec) for b in images])
+    rows = []
+    for c in compiled:
+        for t in threads:
+            for last in (False, True):
+                for b in batches:
+                    s = Setting(b, t, last, c)
+                    rows.append({**asdict(s), "images_per_s": round(forward_rate(net, x, s, seconds), 1)})
+    best = max(rows, key=lambda r: r["images_per_s"])
+    pre = preprocess_seconds(images, spec)
+    return {"rows": rows, "best": best, "best_setting": Setting(**{k: best[k] for k in asdict(Setting(1, 1, False))}).label(),
+            "preprocess_ms": round(pre * 1e3, 3),
+            # one image: its forward at the best rate and its decoding, done one after the other
+            "end_to_end_images_per_s": round(1 / (1 / best["images_per_s"] + pre), 1)}
+
+
+def markdown(name: str, what: str, result: dict) -> str:
+    lines = [f"## The limit: {name}", "", what, "",
+             "| batch | threads | memory format | compiled | images/s (forward) |", "| --- | --- | --- | --- | --- |"]
+    for r in result["rows"]:
+        lines.append(f"| {r['batch']} | {r['threads']} | {'channels_last' if r['channels_last'] else 'contiguous'} "
+                     f"| {'yes' if r['compiled'] else 'no'} | {r['images_per_s']} |")
+    lines += ["", f"Best: {result['best']['images_per_s']} images/s ({result['best_setting']}). Decoding and "
+              f"preprocessing one image: {result['preprocess_ms']} ms on one thread; one after the other, "
+              f"{result['end_to_end_images_per_s']} images/s end to end.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bench-model", choices=sorted(BENCH_MODELS), default=DEFAULT_MODEL)
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help=f"for {DEFAULT_MODEL}: the trained one")
+    p.add_argument("--data-dir", type=Path, default=Path("data"))
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--compile", action="store_true", help="also measure each setting under torch.compile")
+    p.add_argument("--seconds", type=float, default=2.0, help="measured seconds per setting")
+    p.add_argument("--out", type=Path, default=Path("docs/bench"))
+    args = p.parse_args(argv)
+    if min(args.batches) < 1 or min(args.threads) < 1 or args.seconds <= 0:
+        print("limit: error: batches and threads must be ≥ 1, --seconds > 0", file=sys.stderr)
+        return 2
+    model = BENCH_MODELS[args.bench_model]
+    with tempfile.TemporaryDirectory(prefix="limit-") as work:
+        ckpt = model.make_checkpoint(Path(work)) if model.make_checkpoint else args.checkpoint
+        if not Path(ckpt).exists():
+            print(f"limit: error: no checkpoint at {ckpt}: run `make train` first (or pass --checkpoint)",
+                  file=sys.stderr)
+            return 2
+        result = sweep(ckpt, model.images(args.data_dir, 32), args.batches, args.threads,
+                       (False, True) if args.compile else (False,), args.seconds)
+    result |= {"model": args.bench_model, "what": model.what, "machine": machine.describe(),
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "command": " ".join(["python -m scripts.harness.bench.limit", *(argv if argv is not None else sys.argv[1:])])}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"limit-{args.bench_model}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / f"limit-{args.bench_model}.md").write_text(
+        markdown(args.bench_model, model.what, result) + f"\n- command: `{result['command']}`\n- date: {result['date']}\n"
+        f"- machine: {result['machine']['cpu']}, {result['machine']['cores']} cores\n")
+    print(markdown(args.bench_model, model.what, result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
