@@ -97,7 +97,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", action="store_true", help="also sweep the in-process limit (limit.py)")
     p.add_argument("--data-dir", type=Path, default=Path("data"), help="Fashion-MNIST (test images)")
     p.add_argument("--images", type=int, default=32, help="distinct real images sent round-robin (at most)")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    p.add_argument("--concurrency", type=int, nargs="+", default=None,
+                   help="client counts (default: the model's, scripts/harness/bench/models.py)")
     p.add_argument("--duration", type=float, default=4.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per point (not counted)")
     p.add_argument("--max-requests", type=int, default=100_000, help="cap per point")
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: no checkpoint at {args.checkpoint}: run `make train` first (or pass --checkpoint)",
               file=sys.stderr)
         return 2
+    args.concurrency = args.concurrency or list(model.levels)
     if any(c < 1 for c in args.concurrency) or args.duration <= 0 or args.repeats < 1:
         print("bench: error: concurrency levels and --repeats must be ≥ 1 and --duration > 0", file=sys.stderr)
         return 2

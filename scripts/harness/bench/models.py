@@ -74,10 +74,12 @@ class BenchModel:
     what: str
     images: Callable[[Path, int], list[bytes]]
     make_checkpoint: Callable[[Path], Path] | None = None  # None: the trained checkpoint (--checkpoint)
+    levels: tuple[int, ...] = (1, 4, 8)  # default concurrency levels: the targets' and one between
 
 
 BENCH_MODELS = {m.name: m for m in (
-    BenchModel(DEFAULT_MODEL, "the default CNN, 28×28 gray; Fashion-MNIST test images (PNG)", fashion_mnist_images),
+    BenchModel(DEFAULT_MODEL, "the default CNN, 28×28 gray; Fashion-MNIST test images (PNG)", fashion_mnist_images,
+               levels=(1, 2, 4, 8, 16, 32)),
     BenchModel("imagenet", "EfficientNet-Lite0, ImageNet weights, 224 px; photos 320×240 (JPEG)", photos,
                imagenet_checkpoint),
     BenchModel("resnet50", "ResNet-50, random weights (seed 0), 224 px; photos 320×240 (JPEG)", photos,
