@@ -162,26 +162,35 @@ def main(argv: list[str] | None = None) -> int:
 
         with contextlib.ExitStack() as stack:
             # every server up before the first point: the rounds interleave their points
-            plan: list[tuple[str, object, list[int], object]] = []  # (target, client, levels, server)
+            plan: list[tuple] = []  # (target, client, levels, server, the top-1 expected per image)
             if "in-process" in args.targets:
                 # one request at a time: the pipeline's own cost, the floor the servers add to
-                plan.append(("in-process", targets.inprocess_client(classifier, images), [1], None))
+                plan.append(("in-process", targets.inprocess_client(classifier, images), [1], None, expected))
             for target, threads in (("fastapi-baseline", None), ("fastapi-1-thread", 1)):
                 if target in args.targets:
                     base = stack.enter_context(targets.Stopper(
                         targets.start_baseline(checkpoint, work / target, torch_threads=threads)))
                     servers.append("FastAPI baseline: uvicorn, 1 worker, `async def` endpoint, multipart `UploadFile`"
                                    + (" (fastapi-1-thread: OMP_NUM_THREADS=1)" if threads else ""))
-                    plan.append((target, targets.baseline_client(base.port, images), levels, base))
+                    client = targets.baseline_client(base.port, images)
+                    # its own answers: torchvision's resizing is not the handler's, and a top-1 on the
+                    # edge (a photo between two classes, random weights) may differ; a changed answer
+                    # is still caught
+                    send = client()
+                    own = [send(i) for i in range(len(images))]
+                    if own != expected:
+                        notes.append(f"{target}: top-1 differs from the handler's on {sum(a != b for a, b in zip(own, expected))} "
+                                     f"of {len(images)} images (torchvision's resizing); checked against its own answers")
+                    plan.append((target, client, levels, base, own))
             if {"kserve-rest", "kserve-grpc"} & set(args.targets):
                 rt = stack.enter_context(targets.Stopper(
                     targets.start_kserve(store, work / "kserve", tuple(shlex.split(args.kserve_args)))))
                 servers.append(f"KServe-native runtime: scripts/runtime/ {args.kserve_args}(REST raw bytes on the "
                                "v1 route; OIP gRPC ModelInfer, raw BYTES; greedy micro-batching)")
                 if "kserve-rest" in args.targets:
-                    plan.append(("kserve-rest", targets.kserve_rest_client(rt, name, images), levels, rt))
+                    plan.append(("kserve-rest", targets.kserve_rest_client(rt, name, images), levels, rt, expected))
                 if "kserve-grpc" in args.targets:
-                    plan.append(("kserve-grpc", targets.kserve_grpc_client(rt, name, images), levels, rt))
+                    plan.append(("kserve-grpc", targets.kserve_grpc_client(rt, name, images), levels, rt, expected))
             if {"torchserve-rest", "torchserve-grpc"} & set(args.targets):
                 for n, (size, delay) in enumerate(args.torchserve_batch):
                     suffix = "" if n == 0 else f" (b{size}/{delay}ms)"
@@ -191,21 +200,23 @@ def main(argv: list[str] | None = None) -> int:
                     ts = stack.enter_context(targets.Stopper(targets.start_torchserve(own, work / f"torchserve-{n}")))
                     servers.append(f"TorchServe 0.12{suffix}: 1 worker, batch size {size}, max batch delay {delay} ms")
                     if "torchserve-rest" in args.targets:
-                        plan.append((f"torchserve-rest{suffix}", targets.torchserve_rest_client(ts, name, images), levels, ts))
+                        plan.append((f"torchserve-rest{suffix}", targets.torchserve_rest_client(ts, name, images), levels, ts,
+                                     expected))
                     if "torchserve-grpc" in args.targets:
-                        plan.append((f"torchserve-grpc{suffix}", targets.torchserve_grpc_client(ts, name, images), levels, ts))
+                        plan.append((f"torchserve-grpc{suffix}", targets.torchserve_grpc_client(ts, name, images), levels, ts,
+                                     expected))
 
-            total = args.repeats * sum(len(lv) for _, _, lv, _ in plan)
+            total = args.repeats * sum(len(step[2]) for step in plan)
             with tqdm(total=total, desc=f"bench {args.bench_model}", unit="point") as bar:
                 for r in range(args.repeats):
                     order = plan[r % len(plan):] + plan[:r % len(plan)]  # each round starts elsewhere
                     for c in levels:
-                        for target, client, target_levels, server in order:
+                        for target, client, target_levels, server, answers in order:
                             if c not in target_levels:
                                 continue
                             bar.set_postfix_str(f"round {r + 1} {target} c={c}")
                             cpu = (lambda s=server: targets.group_cpu_seconds(s.proc.pid)) if server else time.process_time
-                            point = run_point(target, client, expected, c, args.duration, args.warmup,
+                            point = run_point(target, client, answers, c, args.duration, args.warmup,
                                               args.max_requests, cpu).to_dict()
                             rounds.setdefault((target, c), []).append(point)
                             bar.update()

@@ -22,9 +22,11 @@ model = checkpoint.build_net(ckpt).eval()
 labels = ckpt["labels"]
 spec = checkpoint.preprocess_spec(ckpt)
 mode = "L" if spec.channels == 1 else "RGB"
-# The same numbers as the checkpoint's preprocessing, written as a torchvision pipeline
-# (a plain resize to the input size: the Fashion-MNIST spec's policy).
-transform = T.Compose([T.Resize((spec.height, spec.width)), T.ToTensor(), T.Normalize(spec.mean, spec.std)])
+# The same numbers as the checkpoint's preprocessing, written as a torchvision pipeline: a plain
+# resize to the input size, or (photos) the shorter side to `resize_shorter` and a centre crop.
+resizing = ([T.Resize(spec.resize_shorter), T.CenterCrop((spec.height, spec.width))]
+            if spec.resize == "resize_center_crop" else [T.Resize((spec.height, spec.width))])
+transform = T.Compose([*resizing, T.ToTensor(), T.Normalize(spec.mean, spec.std)])
 
 app = FastAPI()
 
