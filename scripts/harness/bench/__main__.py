@@ -22,7 +22,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,25 +37,9 @@ from scripts.serve.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL, ModelServi
 
 
 
-@dataclass(frozen=True)
-class Target:
-    """A serving path and how often it is measured: at every concurrency level (in-process: once,
-    one request at a time) and once per --torchserve-batch setting (TorchServe) or once."""
-
-    name: str
-    every_level: bool = True
-    per_batch_setting: bool = False
-
-
-TARGETS = {t.name: t for t in (
-    Target("in-process", every_level=False), Target("fastapi-baseline"), Target("fastapi-1-thread"),
-    Target("kserve-rest"), Target("kserve-grpc"),
-    Target("torchserve-rest", per_batch_setting=True), Target("torchserve-grpc", per_batch_setting=True))}
-
-
-def planned_points(names: list[str], levels: list[int], batch_settings: list) -> int:
-    return sum((len(levels) if TARGETS[n].every_level else 1)
-               * (len(batch_settings) if TARGETS[n].per_batch_setting else 1) for n in names)
+# The serving paths, by name (--targets); the in-process one is measured one request at a time.
+TARGETS = ("in-process", "fastapi-baseline", "fastapi-1-thread", "kserve-rest", "kserve-grpc", "torchserve-rest",
+           "torchserve-grpc")
 
 
 def inprocess_batches(classifier, images: list[bytes], sizes: list[int], seconds: float) -> list[dict]:

@@ -9,6 +9,7 @@ path is judged against this: no server can beat the forward pass it runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -37,11 +38,20 @@ class Setting:
                 f"{'channels_last' if self.channels_last else 'contiguous'}{', compiled' if self.compiled else ''}")
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to `n` for the block, the process' own setting restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def forward_rate(net: torch.nn.Module, x: torch.Tensor, s: Setting, seconds: float) -> float:
     """Images per second of `net` on batches of `s.batch` copies drawn from `x`, after a warm-up."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(s.threads)
-    try:
+    with torch_threads(s.threads):
         fmt = torch.channels_last if s.channels_last else torch.contiguous_format
         model = net.to(memory_format=fmt)
         if s.compiled:
@@ -55,22 +65,16 @@ def forward_rate(net: torch.nn.Module, x: torch.Tensor, s: Setting, seconds: flo
                 model(batch)
                 n += 1
         return n * s.batch / elapsed
-    finally:
-        torch.set_num_threads(previous)
 
 
 def preprocess_seconds(images: list[bytes], spec, rounds: int = 3) -> float:
     """Seconds to decode and preprocess one image (the handler's PIL path, one thread)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         t0 = time.perf_counter()
         for _ in range(rounds):
             for body in images:
                 bytes_to_tensor(body, spec)
         return (time.perf_counter() - t0) / (rounds * len(images))
-    finally:
-        torch.set_num_threads(previous)
 
 
 def sweep(ckpt_path: Path, images: list[bytes], batches=(1, 8, 32), threads=(1, 2), compiled=(False,),
@@ -78,27 +82,25 @@ def sweep(ckpt_path: Path, images: list[bytes], batches=(1, 8, 32), threads=(1, 
     ckpt = checkpoint.load(ckpt_path)
     net, spec = checkpoint.build_net(ckpt), checkpoint.preprocess_spec(ckpt)
     x = torch.stack([bytes_to_tensor(b, spec) for b in images])
-    rows = []
-    for c in compiled:
-        for t in threads:
-            for last in (False, True):
-                for b in batches:
-                    s = Setting(b, t, last, c)
-                    rows.append({**asdict(s), "images_per_s": round(forward_rate(net, x, s, seconds), 1)})
-    best = max(rows, key=lambda r: r["images_per_s"])
+    settings = [Setting(b, t, last, c) for c in compiled for t in threads for last in (False, True) for b in batches]
+    rows = [{**asdict(s), "images_per_s": round(forward_rate(net, x, s, seconds), 1)} for s in settings]
+    best = max(range(len(rows)), key=lambda k: rows[k]["images_per_s"])
     pre = preprocess_seconds(images, spec)
-    return {"rows": rows, "best": best, "best_setting": Setting(**{k: best[k] for k in asdict(Setting(1, 1, False))}).label(),
+    return {"rows": rows, "best": rows[best], "best_setting": settings[best].label(),
             "preprocess_ms": round(pre * 1e3, 3),
             # one image: its forward at the best rate and its decoding, done one after the other
-            "end_to_end_images_per_s": round(1 / (1 / best["images_per_s"] + pre), 1)}
+            "end_to_end_images_per_s": round(1 / (1 / rows[best]["images_per_s"] + pre), 1)}
+
+
+def table(result: dict) -> list[str]:
+    """The sweep as Markdown table lines (here and in the bench report)."""
+    return ["| batch | threads | memory format | compiled | images/s (forward) |", "| --- | --- | --- | --- | --- |",
+            *(f"| {r['batch']} | {r['threads']} | {'channels_last' if r['channels_last'] else 'contiguous'} "
+              f"| {'yes' if r['compiled'] else 'no'} | {r['images_per_s']} |" for r in result["rows"])]
 
 
 def markdown(name: str, what: str, result: dict) -> str:
-    lines = [f"## The limit: {name}", "", what, "",
-             "| batch | threads | memory format | compiled | images/s (forward) |", "| --- | --- | --- | --- | --- |"]
-    for r in result["rows"]:
-        lines.append(f"| {r['batch']} | {r['threads']} | {'channels_last' if r['channels_last'] else 'contiguous'} "
-                     f"| {'yes' if r['compiled'] else 'no'} | {r['images_per_s']} |")
+    lines = [f"## The limit: {name}", "", what, "", *table(result)]
     lines += ["", f"Best: {result['best']['images_per_s']} images/s ({result['best_setting']}). Decoding and "
               f"preprocessing one image: {result['preprocess_ms']} ms on one thread; one after the other, "
               f"{result['end_to_end_images_per_s']} images/s end to end.", ""]

@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from scripts.harness.bench.limit import table as sweep_table  # noqa: E402
+
 BASELINE = "fastapi-baseline"
 BASELINE_1T = "fastapi-1-thread"  # the same app with OMP_NUM_THREADS=1: the stricter comparison
 INPROCESS = "in-process"
@@ -143,9 +145,7 @@ def markdown(results: dict) -> str:
                      f"{fmt(p['server_cpu_ms'], 2)} | {p['errors']} | {p['wrong']} |")
     if limit:
         lines += ["", "## The machine's limit (in-process forward pass; scripts/harness/bench/limit.py)", "",
-                  "| batch | threads | memory format | images/s |", "| --- | --- | --- | --- |"]
-        lines += [f"| {r['batch']} | {r['threads']} | {'channels_last' if r['channels_last'] else 'contiguous'}"
-                  f"{' (compiled)' if r['compiled'] else ''} | {fmt(r['images_per_s'])} |" for r in limit["rows"]]
+                  *sweep_table(limit)]
         lines += ["", f"Best {fmt(limit['best']['images_per_s'])} images/s ({limit['best_setting']}); decoding and "
                   f"preprocessing {fmt(limit['preprocess_ms'], 2)} ms per image on one thread: "
                   f"{fmt(limit['end_to_end_images_per_s'])} images/s end to end, the × limit column's base."]
