@@ -5,34 +5,52 @@ when a GPU is present (JPEG decoded on the GPU, fp16, channels_last), the CPU pa
 
   SERVE_DEVICE           auto | cpu | cuda | cuda:N
   SERVE_PRECISION        auto | fp32 | fp16 | bf16        (auto: fp16 on a GPU, fp32 on the CPU)
-  SERVE_CHANNELS_LAST    auto | true | false               (auto: on a GPU)
+  SERVE_CHANNELS_LAST    auto | true | false               (auto: on a GPU, else the policy's)
   SERVE_TENSOR_DECODE    auto | true | false               (auto: on a GPU; torchvision.io decodes
                          complete 8-bit RGB/gray JPEG and PNG, on the GPU for JPEG; other images
                          take the PIL path)
   SERVE_COMPILE          false | true                      (torch.compile the network at load)
-  SERVE_TORCH_THREADS    CPU threads per forward pass (default on the CPU: 1, see below)
+  SERVE_TORCH_THREADS    CPU threads per forward pass
 
-One thread per forward pass on the CPU by default: a server runs several requests (and its own
-frontend) at once, and torch's OpenMP threads spin while they wait for each other. On the 2-core
-machine here, with the clients and the frontend on the same cores, a small CNN's pass cost 40 ms
-of CPU with 2 threads and 1.25 ms with 1 (measured in-process, other work running). Set more for large models
-served one request at a time.
+On the CPU, channels_last and the threads default to the model's serving policy (model_spec.json,
+chosen by the archive step from the model's cost: scripts/serve/policy.py). A small model runs one
+thread per pass: a server runs several requests (and its own frontend) at once, and torch's OpenMP
+threads spin while they wait for each other (on the 2-core machine here a small CNN's pass cost
+40 ms of CPU with 2 threads and 1.25 ms with 1, measured in-process with other work running). A
+large model also runs one thread per pass, in as many passes at once as the machine has cores.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 import torch
 
 from handlers.settings import ENV_PREFIX, SettingsError, from_env
+from handlers.spec import ServingPolicy
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class AccelError(SettingsError):
     """A setting that cannot work here, named with its variable."""
+
+
+def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: its CPU affinity, capped by its cgroup's CPU quota (a pod's CPU
+    limit). torch's own default is the node's cores, which in a pod limited to 2 CPUs of a 64-core
+    node starts 64 threads that the quota then throttles."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file here, or a format it does not have
+        pass
+    return cpus
 
 
 @dataclass(frozen=True)
@@ -48,9 +66,11 @@ class InferenceOptions:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "InferenceOptions":
         return from_env(cls, env)
 
-    def resolve(self) -> "ResolvedOptions":
-        """Concrete choices for this machine; an explicit request that cannot work is an error
-        (a GPU asked for where there is none), never a silent downgrade."""
+    def resolve(self, policy: ServingPolicy | None = None) -> "ResolvedOptions":
+        """Concrete choices for this machine, the model's serving `policy` filling what is unset on
+        the CPU; an explicit request that cannot work is an error (a GPU asked for where there is
+        none), never a silent downgrade."""
+        policy = policy or ServingPolicy()
         device_name, precision = self.device.strip().lower(), self.precision.strip().lower()
         if device_name == "auto":
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -70,9 +90,10 @@ class InferenceOptions:
             raise AccelError(f"{ENV_PREFIX}PRECISION must be auto, {', '.join(PRECISIONS)}; got {self.precision!r}")
         return ResolvedOptions(
             device=device, dtype=PRECISIONS[precision],
-            channels_last=gpu if self.channels_last is None else self.channels_last,
+            channels_last=(gpu or policy.channels_last) if self.channels_last is None else self.channels_last,
             tensor_decode=gpu if self.tensor_decode is None else self.tensor_decode,
-            compile=self.compile, torch_threads=self.torch_threads or (None if gpu else 1))
+            compile=self.compile,
+            torch_threads=self.torch_threads or (None if gpu else policy.torch_threads or usable_cpus()))
 
 
 @dataclass(frozen=True)

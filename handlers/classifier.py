@@ -53,7 +53,7 @@ class ImageClassifier:
         options = options or InferenceOptions.from_env()
         if device is not None:
             options = dataclasses.replace(options, device=str(device))
-        self.options: ResolvedOptions = options.resolve()
+        self.options: ResolvedOptions = options.resolve(spec.serving)
         self.spec = spec
         self.device = self.options.device
         if self.options.torch_threads:

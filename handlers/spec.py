@@ -2,6 +2,7 @@
 step as `model_spec.json` inside the `.mar` and read by every runtime."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,34 @@ class ArchSpec:
 
 
 @dataclass(frozen=True)
+class ServingPolicy:
+    """How the model is served on the CPU, chosen for it by the archive step from its cost
+    (scripts/serve/policy.py) and read by both runtimes: TorchServe's workers and batching
+    (config.properties, derived from this), the KServe-native runtime's batch workers, and the
+    handler's threads and memory format (SERVE_TORCH_THREADS and SERVE_CHANNELS_LAST win; a GPU
+    uses its own defaults, handlers/accel.py). The defaults are the policy of a small model."""
+
+    workers: int = 1  # forward passes at once: TorchServe workers, the runtime's batch threads
+    batch_size: int = 8  # images per forward pass at most
+    max_batch_delay_ms: int = 5  # TorchServe waits this long for a batch; the runtime never waits
+    torch_threads: int = 1  # intra-op threads per forward pass; 0: the CPUs the container may use
+    channels_last: bool = False
+
+    def __post_init__(self):
+        if min(self.workers, self.batch_size) < 1 or min(self.torch_threads, self.max_batch_delay_ms) < 0:
+            raise ValueError(f"workers and batch_size must be >= 1, torch_threads and max_batch_delay_ms "
+                             f">= 0: {self}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ServingPolicy":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     version: str
@@ -32,6 +61,7 @@ class ModelSpec:
     topk: int = 5
     max_bytes: int = DEFAULT_MAX_BYTES  # per image, after any base64 decoding
     max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard
+    serving: ServingPolicy = field(default_factory=ServingPolicy)
 
     def __post_init__(self):
         if not self.labels:
@@ -45,7 +75,7 @@ class ModelSpec:
     def to_dict(self) -> dict:
         return {"name": self.name, "version": self.version, "labels": list(self.labels),
                 "topk": self.topk, "max_bytes": self.max_bytes, "max_pixels": self.max_pixels,
-                "preprocess": self.preprocess.to_dict(),
+                "preprocess": self.preprocess.to_dict(), "serving": self.serving.to_dict(),
                 "arch": {"module": self.arch.module, "class": self.arch.cls,
                          "kwargs": self.arch.kwargs}}
 
@@ -55,6 +85,7 @@ class ModelSpec:
         return cls(name=d["name"], version=str(d["version"]), labels=tuple(d["labels"]),
                    topk=int(d.get("topk", 5)), max_bytes=int(d.get("max_bytes", DEFAULT_MAX_BYTES)),
                    max_pixels=int(d.get("max_pixels", DEFAULT_MAX_PIXELS)), preprocess=PreprocessSpec.from_dict(d["preprocess"]),
+                   serving=ServingPolicy.from_dict(d.get("serving", {})),
                    arch=ArchSpec(module=a["module"], cls=a["class"], kwargs=dict(a.get("kwargs", {}))))
 
     def save(self, directory: Path) -> Path:

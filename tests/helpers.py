@@ -101,7 +101,7 @@ def assert_archive_serves_like_the_checkpoint(ckpt_path: Path, name: str, sample
     ctx.request_processor = [RequestProcessor({}) for _ in rows]
     out = handler.handle(rows, ctx)
     ckpt = checkpoint.load(ckpt_path)
-    spec, _ = archive.model_spec_from_checkpoint(ckpt, name, "1.0")
+    spec, _, _ = archive.model_spec_from_checkpoint(ckpt, name, "1.0")
     reference = ImageClassifier(checkpoint.build_net(ckpt), spec)
     assert [ctx.get_response_status(i)[0] for i in range(len(rows))] == [200] * len(rows)
     for result, row in zip(out, rows, strict=True):

@@ -1,12 +1,16 @@
 """Greedy micro-batching for an asyncio server: requests that arrive while a batch is running form
-the next batch, run in one worker thread with one call. Nothing waits for a batch to fill (no
-added latency for a lone client), and under concurrency the per-request costs (the thread hop, the
-forward pass) are shared. Results go back to each request in order; a failure of a batch call
-fails that batch's requests only."""
+the next batch, run in a worker thread with one call. Nothing waits for a batch to fill (no added
+latency for a lone client), and under concurrency the per-request costs (the thread hop, the
+forward pass) are shared. With several workers, that many batches run at once, each worker always
+on its own thread (torch's OpenMP pool belongs to the thread that calls it: a new thread per call
+would start, and spin, another pool). Results go back to each request in order; a failure of a
+batch call fails that batch's requests only."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Sequence, TypeVar
 
@@ -21,28 +25,41 @@ class _Pending(Generic[Item]):
 
 
 class MicroBatcher(Generic[Item, Out]):
-    def __init__(self, run: Callable[[list[Item]], list[Out]], max_items: int = 64, inline_below_s: float = 0.0):
-        """`run` maps a list of items to one output per item; it runs in a worker thread, one call
-        at a time. A batch holds up to `max_items` items (at least one request, whatever its size).
-        While batches take less than `inline_below_s` on average, `run` is called on the event
-        loop itself: for a model that answers in a millisecond, two thread hand-offs per batch
-        cost more than the loop pause they avoid."""
-        if max_items < 1:
-            raise ValueError("max_items must be ≥ 1")
-        self.run, self.max_items, self.inline_below_s = run, max_items, inline_below_s
+    def __init__(self, run: Callable[[list[Item]], list[Out]], max_items: int = 64, workers: int = 1,
+                 inline_below_s: float = 0.0):
+        """`run` maps a list of items to one output per item; it runs in `workers` threads, one call
+        at a time in each. A batch holds up to `max_items` items (at least one request, whatever
+        its size). With one worker, while batches take less than `inline_below_s` on average, `run`
+        is called on the event loop itself: for a model that answers in a millisecond, two thread
+        hand-offs per batch cost more than the loop pause they avoid."""
+        if max_items < 1 or workers < 1:
+            raise ValueError("max_items and workers must be ≥ 1")
+        self.run, self.max_items, self.workers, self.inline_below_s = run, max_items, workers, inline_below_s
         self.mean_s = float("inf")  # running mean of a batch call (unknown: use the thread)
-        self.queue: asyncio.Queue[_Pending] | None = None
-        self.worker: asyncio.Task | None = None
+        self.pending: collections.deque[_Pending] = collections.deque()
+        self.arrived: asyncio.Event | None = None
+        self.tasks: list[asyncio.Task] = []
+        self.threads = [ThreadPoolExecutor(1, thread_name_prefix=f"batch-{n}") for n in range(workers)]
         self.batches = 0  # calls of `run`, for tests and logs
-        self._next: _Pending | None = None  # taken from the queue but over the last batch's size
 
     async def submit(self, items: Sequence[Item]) -> list[Out]:
-        if self.worker is None or self.worker.done():
-            self.queue = asyncio.Queue()  # bound to the running loop: created on first use
-            self.worker = asyncio.get_running_loop().create_task(self._serve())
-        pending = _Pending(items, asyncio.get_running_loop().create_future())
-        self.queue.put_nowait(pending)
+        loop = asyncio.get_running_loop()
+        if not self.tasks or any(t.done() for t in self.tasks):
+            self.arrived = asyncio.Event()  # bound to the running loop: created on first use
+            self.tasks = [loop.create_task(self._serve(thread)) for thread in self.threads]
+        pending = _Pending(items, loop.create_future())
+        self.pending.append(pending)
+        self.arrived.set()
         return await pending.future
+
+    def on_worker(self, n: int, fn: Callable, *args, **kwargs):
+        """`fn(*args, **kwargs)` on worker `n`'s thread, waited for (set-up that its calls rely on)."""
+        return self.threads[n].submit(fn, *args, **kwargs).result()
+
+    def close(self) -> None:
+        """Let the worker threads end once their calls are done."""
+        for thread in self.threads:
+            thread.shutdown(wait=False)
 
     def _timed(self, items: list[Item]) -> list[Out]:
         """`run`, timing the call itself (not the thread hand-off) into the running mean."""
@@ -52,23 +69,29 @@ class MicroBatcher(Generic[Item, Out]):
         self.mean_s = took if self.mean_s == float("inf") else 0.9 * self.mean_s + 0.1 * took
         return outputs
 
-    async def _serve(self) -> None:
+    async def _next_batch(self) -> list[_Pending]:
+        """What has queued, in order, up to max_items (the first request whatever its size)."""
+        while not self.pending:
+            self.arrived.clear()
+            await self.arrived.wait()
+        batch = [self.pending.popleft()]
+        size = len(batch[0].items)
+        while self.pending and size + len(self.pending[0].items) <= self.max_items:
+            p = self.pending.popleft()
+            batch.append(p)
+            size += len(p.items)
+        return batch
+
+    async def _serve(self, thread: ThreadPoolExecutor) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            first, self._next = self._next or await self.queue.get(), None
-            batch, size = [first], len(first.items)
-            while not self.queue.empty():
-                p = self.queue.get_nowait()
-                if size + len(p.items) > self.max_items:
-                    self._next = p
-                    break
-                batch.append(p)
-                size += len(p.items)
+            batch = await self._next_batch()
             items = [item for p in batch for item in p.items]
             try:
-                if self.mean_s < self.inline_below_s:
+                if self.workers == 1 and self.mean_s < self.inline_below_s:
                     outputs = self._timed(items)
                 else:
-                    outputs = await asyncio.to_thread(self._timed, items)
+                    outputs = await loop.run_in_executor(thread, self._timed, items)
                 self.batches += 1
                 if len(outputs) != len(items):
                     raise RuntimeError(f"batch call returned {len(outputs)} outputs for {len(items)} items")

@@ -20,7 +20,7 @@ from handlers.classifier import ImageClassifier, Result
 from handlers.inputs import ParsedRequest
 from handlers.metrics import Observation, PrometheusMetrics, Stopwatch
 from handlers.responses import render
-from handlers.spec import ModelSpec
+from handlers.spec import ModelSpec, ServingPolicy
 from scripts.runtime.batching import MicroBatcher
 from scripts.runtime.decode import parse_request
 from scripts.runtime.mar import read_manifest
@@ -44,8 +44,8 @@ class Job:
     grpc: bool
     results: list[Result] = field(default_factory=list)
 
-# Images per forward pass: requests that queue while one batch runs form the next (no waiting)
-MAX_BATCH_IMAGES = 32
+# On a GPU: one pass at a time, as many queued images as fit a pass
+GPU_BATCHING = ServingPolicy(workers=1, batch_size=32)
 # Batches faster than this on average run on the event loop, skipping two thread hand-offs
 INLINE_BELOW_MS = 3.0  # measured: docs/bench/bench.md
 
@@ -70,6 +70,7 @@ class MarModel(Model):
         self.model_dir = unpack_root / f"{self.name}-{self.version}"
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.classifier: ImageClassifier | None = None
+        self.batcher: MicroBatcher | None = None
         self.inline_below_ms = inline_below_ms
 
     def load(self) -> bool:
@@ -79,18 +80,31 @@ class MarModel(Model):
         if (spec.name, spec.version) != (self.name, self.version):
             raise ValueError(f"MANIFEST.json says {self.name} v{self.version}, model_spec.json "
                              f"says {spec.name} v{spec.version}")
+        # images per pass and passes at once: the archive's policy on the CPU (requests that queue
+        # while the passes run form the next batches; nothing waits for a batch to fill)
+        serving = spec.serving if torch.device(self.device).type == "cpu" else GPU_BATCHING
+        self.batcher = MicroBatcher(self._run_batch, max_items=serving.batch_size, workers=serving.workers)
+        # Loaded and warmed up on the batch threads, where its passes run: torch's OpenMP pool
+        # belongs to the thread that first runs a parallel op, and a second pool (this thread's)
+        # would throttle the first one's threads (measured: half the images/s with 2 threads).
         started = time.perf_counter()
-        self.classifier = ImageClassifier.load(self.model_dir, device=self.device)
+        self.classifier = self.batcher.on_worker(0, ImageClassifier.load, self.model_dir, device=self.device)
         # the handler metrics TorchServe exports, same names and labels (handlers/metrics.py)
         self.metrics = PrometheusMetrics(self.name, self.version)
         self.metrics.model_loaded(time.perf_counter() - started)
-        self.batcher = MicroBatcher(self._run_batch, max_items=MAX_BATCH_IMAGES,
-                                    inline_below_s=self.inline_below_ms / 1000)
-        self.batcher.mean_s = self.warm_up()
+        self.batcher.mean_s = max(self.batcher.on_worker(n, self.warm_up) for n in range(serving.workers))
+        if (self.classifier.options.torch_threads or 1) == 1:  # more: the passes stay on their thread
+            self.batcher.inline_below_s = self.inline_below_ms / 1000
         self.ready = True
-        logger.info("loaded %s v%s from %s on %s (%d classes)", self.name, self.version,
-                    self.mar.name, self.device, len(spec.labels))
+        logger.info("loaded %s v%s from %s on %s (%d classes; %s; %d batch worker(s), up to %d images each)",
+                    self.name, self.version, self.mar.name, self.device, len(spec.labels),
+                    self.classifier.options.describe(), serving.workers, serving.batch_size)
         return self.ready
+
+    def stop(self) -> None:
+        super().stop()
+        if self.batcher is not None:
+            self.batcher.close()
 
     def warm_up(self) -> float:
         """One blank image through the whole pipeline before the model is ready (not in the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -21,10 +22,13 @@ import torch
 
 from handlers.spec import WEIGHTS_FILE, ArchSpec, ModelSpec
 from model import checkpoint, nets
-from scripts.runtime.mar import read_manifest
+from scripts.runtime.mar import read_manifest, read_spec
+from scripts.serve import policy
 from handlers.settings import ServingSettings
 from scripts.serve.settings import DEFAULT_MODEL, KSERVE_MODEL_MOUNT, FrontendSettings, ModelServingSettings
 
+log = logging.getLogger("archive")
+POLICIES = {"light": policy.LIGHT, "heavy": policy.HEAVY}
 REPO = Path(__file__).resolve().parents[2]
 HANDLERS_DIR = REPO / "handlers"
 HANDLER_ENTRY = HANDLERS_DIR / "torchserve_handler.py"
@@ -48,14 +52,23 @@ class ArchiveError(RuntimeError):
 
 
 def model_spec_from_checkpoint(ckpt: dict, name: str, version: str, topk: int = 5,
-                               model_settings: ModelServingSettings | None = None) -> tuple[ModelSpec, Path]:
+                               model_settings: ModelServingSettings | None = None) -> tuple[ModelSpec, Path, str]:
+    """The spec, the network's file, and why it got its serving policy."""
     model_settings = model_settings or ModelServingSettings()
     arch = nets.ARCHS[ckpt["arch"]["name"]]
+    preprocess = checkpoint.preprocess_spec(ckpt)
+    if model_settings.policy is None:
+        chosen, why = policy.choose(checkpoint.build_net(ckpt), preprocess)
+    else:
+        chosen, why = model_settings.policy, "policy given"
+    serving = model_settings.apply(chosen)
+    if serving != chosen:
+        why += f", overridden: {', '.join(f'{k}={v}' for k, v in serving.to_dict().items() if getattr(chosen, k) != v)}"
     spec = ModelSpec(name=name, version=version, labels=tuple(ckpt["labels"]), topk=topk,
                      max_bytes=model_settings.max_image_bytes, max_pixels=model_settings.max_image_pixels,
-                     preprocess=checkpoint.preprocess_spec(ckpt),
+                     preprocess=preprocess, serving=serving,
                      arch=ArchSpec(module=arch.file.stem, cls=arch.cls, kwargs=ckpt["arch"]["kwargs"]))
-    return spec, arch.file
+    return spec, arch.file, why
 
 
 def stage(spec: ModelSpec, state_dict: dict, net_file: Path, staging: Path) -> tuple[Path, Path]:
@@ -101,19 +114,22 @@ def max_request_size(max_image_bytes: int) -> int:
 def config_properties(model_store: Path, settings: ServingSettings,
                       model_settings: ModelServingSettings, protocol: str = "native",
                       frontend: FrontendSettings | None = None) -> str:
-    """TorchServe config for every `.mar` in the store, in KServe's storage layout. Defaults that
-    TorchServe 0.12 gets wrong for serving are set on purpose (see the comments)."""
+    """TorchServe config for every `.mar` in the store, in KServe's storage layout: each model's
+    workers and batching from its archive's serving policy (fields given in `model_settings`
+    override it). Defaults that TorchServe 0.12 gets wrong for serving are set on purpose (see the
+    comments)."""
     frontend = frontend or FrontendSettings()
     if protocol not in PROTOCOLS:
         raise ArchiveError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOLS)}")
-    batch_size = 1 if PROTOCOLS[protocol] else model_settings.batch_size
     models = {}
     for mar in sorted(model_store.glob("*.mar")):
         m = read_manifest(mar)["model"]
+        serving = model_settings.apply(read_spec(mar).serving)
         models.setdefault(m["modelName"], {})[m["modelVersion"]] = {
             "defaultVersion": True, "marName": mar.name,
-            "minWorkers": model_settings.workers, "maxWorkers": model_settings.workers,
-            "batchSize": batch_size, "maxBatchDelay": model_settings.max_batch_delay_ms,
+            "minWorkers": serving.workers, "maxWorkers": serving.workers,
+            "batchSize": 1 if PROTOCOLS[protocol] else serving.batch_size,
+            "maxBatchDelay": serving.max_batch_delay_ms,
             "responseTimeout": model_settings.response_timeout_s,
         }
     if not models:
@@ -166,9 +182,12 @@ def archive(checkpoint_path: Path, out: Path, name: str, version: str = "1.0", t
             frontend: FrontendSettings | None = None) -> tuple[Path, Path]:
     model_settings = model_settings or ModelServingSettings()
     ckpt = checkpoint.load(checkpoint_path)
-    spec, net_file = model_spec_from_checkpoint(ckpt, name, version, topk, model_settings)
+    spec, net_file, why = model_spec_from_checkpoint(ckpt, name, version, topk, model_settings)
+    log.info("%s v%s: %s: %s", name, version, why, spec.serving)
     mar = build_mar(spec, ckpt["state_dict"], net_file, out / "model-store")
-    return mar, write_config(out, model_settings=model_settings, protocol=protocol, frontend=frontend)
+    # the policy is in the archive now: the config reads it from there (no override twice)
+    return mar, write_config(out, model_settings=ModelServingSettings(response_timeout_s=model_settings.response_timeout_s),
+                             protocol=protocol, frontend=frontend)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -178,9 +197,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default="1.0")
     p.add_argument("--topk", type=int, default=5, help="labels returned per prediction by default")
     p.add_argument("--out", type=Path, default=Path("build/serve"), help="storage layout root")
-    p.add_argument("--workers", type=int, default=ModelServingSettings.workers)
-    p.add_argument("--batch-size", type=int, default=ModelServingSettings.batch_size)
-    p.add_argument("--max-batch-delay-ms", type=int, default=ModelServingSettings.max_batch_delay_ms)
+    p.add_argument("--policy", choices=["auto", *POLICIES], default="auto",
+                   help="serving policy (scripts/serve/policy.py); auto: from the model's FLOPs per image")
+    p.add_argument("--workers", type=int, help="forward passes at once (default: the policy's, as below)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass at most")
+    p.add_argument("--max-batch-delay-ms", type=int, help="TorchServe's wait for a batch to fill")
+    p.add_argument("--torch-threads", type=int, help="intra-op threads per forward pass")
+    p.add_argument("--channels-last", choices=["true", "false"], help="memory format on the CPU")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="native",
                    help="native: REST native + KServe v1 + OIP v2 REST + TorchServe gRPC; oip: adds OIP "
                         "gRPC (stock kservev2 envelope); v1: stock kserve envelope")
@@ -191,10 +214,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
         mar, config = archive(args.checkpoint, args.out, args.model_name, args.version, args.topk,
-                              ModelServingSettings(workers=args.workers, batch_size=args.batch_size,
-                                                   max_batch_delay_ms=args.max_batch_delay_ms,
+                              ModelServingSettings(policy=POLICIES.get(args.policy), workers=args.workers,
+                                                   batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
+                                                   torch_threads=args.torch_threads,
+                                                   channels_last=None if args.channels_last is None else args.channels_last == "true",
                                                    max_image_bytes=args.max_image_bytes,
                                                    max_image_pixels=args.max_image_pixels),
                               args.protocol)

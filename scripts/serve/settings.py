@@ -4,11 +4,12 @@ step writes them into config.properties; where servers listen is handlers/settin
 ServingSettings (the SERVE_* environment)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from handlers.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from handlers.settings import ServingSettings
+from handlers.spec import ServingPolicy
 from scripts.serve.process import free_ports
 
 # TorchServe's own Prometheus metric names that the tools read.
@@ -46,12 +47,22 @@ def loopback_settings() -> ServingSettings:
 
 @dataclass(frozen=True)
 class ModelServingSettings:
-    """Per-model serving settings: workers and batching (config.properties' model_snapshot) and
-    input limits (model_spec.json, enforced by the handler)."""
+    """Per-model serving settings given to the archive step: the serving policy (workers, batching,
+    threads, memory format: chosen from the model's cost unless given, scripts/serve/policy.py) and
+    any field of it overridden, both written into model_spec.json, which config.properties'
+    model_snapshot is derived from; input limits (model_spec.json, enforced by the handler)."""
 
-    workers: int = 1
-    batch_size: int = 8
-    max_batch_delay_ms: int = 5
+    policy: ServingPolicy | None = None  # None: chosen from the model's cost
+    workers: int | None = None  # None: the policy's (likewise below)
+    batch_size: int | None = None
+    max_batch_delay_ms: int | None = None
+    torch_threads: int | None = None
+    channels_last: bool | None = None
     response_timeout_s: int = 120
     max_image_bytes: int = DEFAULT_MAX_BYTES
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+
+    def apply(self, policy: ServingPolicy) -> ServingPolicy:
+        """`policy` (or this one's own) with the fields given here overriding it."""
+        given = {f.name: getattr(self, f.name) for f in fields(ServingPolicy) if getattr(self, f.name) is not None}
+        return replace(self.policy or policy, **given)

@@ -7,11 +7,11 @@ import json
 import os
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import requests
 
+from scripts.runtime.mar import read_manifest, read_spec
 from scripts.serve.process import ServerError, ServerProcess, read_pid, stop_process_group
 from handlers.settings import ServingSettings
 from scripts.serve.settings import ModelServingSettings
@@ -34,11 +34,6 @@ def snapshot_models(config: Path) -> dict[str, list[str]]:
             models = json.loads(line.split("=", 1)[1])["models"]
             return {name: sorted(versions) for name, versions in models.items()}
     raise TorchServeError(f"{config} has no model_snapshot line")
-
-
-def _mar_manifest(store: Path, mar_name: str) -> dict:
-    with zipfile.ZipFile(store / "model-store" / mar_name) as z:
-        return json.loads(z.read("MAR-INF/MANIFEST.json"))["model"]
 
 
 class TorchServe(ServerProcess):
@@ -119,26 +114,30 @@ class TorchServe(ServerProcess):
             return sum(WORKER_RESTART_MARKER in line for line in f)
 
     # --- model API (needs enable_model_api=true: FrontendSettings) -----------------------------
+    def registration(self, mar_name: str, model_settings: ModelServingSettings) -> dict[str, str | int]:
+        """The model API's parameters for a `.mar` of the store, as the snapshot sets them."""
+        serving = model_settings.apply(read_spec(self.store / "model-store" / mar_name).serving)
+        return {"url": mar_name, "initial_workers": serving.workers, "batch_size": serving.batch_size,
+                "max_batch_delay": serving.max_batch_delay_ms, "response_timeout": model_settings.response_timeout_s}
+
     def register(self, mar_name: str, model_settings: ModelServingSettings | None = None,
                  timeout: float = 180) -> None:
-        """Register a `.mar` of the model store with the same worker/batching settings as the
-        snapshot (the API's defaults are batch size 1, delay 100 ms), and wait until READY.
+        """Register a `.mar` of the model store with its archive's workers and batching, as the
+        snapshot has them (the API's defaults are batch size 1, delay 100 ms), and wait until READY.
         Asynchronous on purpose: a synchronous registration stalls some inference requests that
         arrive meanwhile for the whole worker start-up (measured: 14 s with 8 clients)."""
-        m = model_settings or ModelServingSettings()
-        r = requests.post(f"{self.settings.management_url}/models", timeout=30, params={
-            "url": mar_name, "initial_workers": m.workers, "synchronous": "false", "batch_size": m.batch_size,
-            "max_batch_delay": m.max_batch_delay_ms, "response_timeout": m.response_timeout_s})
+        params = self.registration(mar_name, model_settings or ModelServingSettings())
+        r = requests.post(f"{self.settings.management_url}/models", timeout=30, params={**params, "synchronous": "false"})
         if r.status_code not in (200, 202):
             raise TorchServeError(f"registering {mar_name}: HTTP {r.status_code} {r.text.strip()}")
-        manifest = _mar_manifest(self.store, mar_name)
+        manifest = read_manifest(self.store / "model-store" / mar_name)["model"]
         name, version = manifest["modelName"], manifest["modelVersion"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             described = requests.get(f"{self.settings.management_url}/models/{name}/{version}", timeout=5)
             if described.ok:
-                workers = described.json()[0]["workers"]
-                if len(workers) >= m.workers and all(w["status"] == "READY" for w in workers):
+                running = described.json()[0]["workers"]
+                if len(running) >= params["initial_workers"] and all(w["status"] == "READY" for w in running):
                     return
             failure = self.failure()
             if failure is not None:

@@ -1,9 +1,12 @@
 """Inference options (handlers/accel.py): read from SERVE_* variables, validated with the
 variable's name, resolved for this machine (CPU in CI: the GPU path falls back to the CPU one)."""
+import os
+
 import pytest
 import torch
 
-from handlers.accel import AccelError, InferenceOptions
+from handlers.accel import AccelError, InferenceOptions, usable_cpus
+from handlers.spec import ServingPolicy
 from handlers.settings import SettingsError
 
 
@@ -52,3 +55,27 @@ def test_settings_that_cannot_work_are_refused(options, message):
 def test_asking_for_a_gpu_where_there_is_none_is_an_error_not_a_silent_cpu_run():
     with pytest.raises(AccelError, match="no CUDA GPU"):
         InferenceOptions(device="cuda").resolve()
+
+
+def test_the_models_policy_fills_what_the_environment_leaves_unset_on_the_cpu():
+    heavy = ServingPolicy(workers=1, batch_size=1, torch_threads=3, channels_last=True)
+    r = InferenceOptions(device="cpu").resolve(heavy)
+    assert (r.torch_threads, r.channels_last) == (3, True)
+    r = InferenceOptions(device="cpu", torch_threads=1, channels_last=False).resolve(heavy)  # SERVE_* win
+    assert (r.torch_threads, r.channels_last) == (1, False)
+    # threads 0: every CPU the process may use
+    assert InferenceOptions(device="cpu").resolve(ServingPolicy(torch_threads=0)).torch_threads == usable_cpus()
+
+
+@pytest.mark.parametrize("cpu_max, expected", [
+    ("max 100000\n", None),  # no quota: the affinity
+    ("100000 100000\n", 1),  # a pod limited to one CPU
+    ("150000 100000\n", 2),  # 1.5 CPUs: two threads, each one busy part of the time
+    ("50000 100000\n", 1),  # under one CPU: still one thread
+    ("garbage\n", None),
+])
+def test_usable_cpus_follow_the_cgroup_quota(tmp_path, cpu_max, expected):
+    (tmp_path / "cpu.max").write_text(cpu_max)
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path / "cpu.max") == (affinity if expected is None else min(expected, affinity))
+    assert usable_cpus(tmp_path / "absent") == affinity

@@ -1,7 +1,7 @@
 import pytest
 
 from handlers.preprocess import PreprocessSpec
-from handlers.spec import ArchSpec, ModelSpec
+from handlers.spec import ArchSpec, ModelSpec, ServingPolicy
 
 PRE = PreprocessSpec(height=28, width=28, channels=1, mean=(0.3,), std=(0.4,))
 
@@ -23,3 +23,17 @@ def test_model_spec_needs_labels_and_positive_topk():
         spec(labels=())
     with pytest.raises(ValueError, match="topk"):
         spec(topk=0)
+
+
+def test_the_serving_policy_travels_in_the_spec_and_an_older_spec_gets_the_small_model_policy(tmp_path):
+    heavy = ServingPolicy(workers=1, batch_size=1, max_batch_delay_ms=0, torch_threads=0, channels_last=True)
+    spec(serving=heavy).save(tmp_path)
+    assert ModelSpec.load(tmp_path).serving == heavy
+    older = {k: v for k, v in spec().to_dict().items() if k != "serving"}
+    assert ModelSpec.from_dict(older).serving == ServingPolicy()
+
+
+@pytest.mark.parametrize("bad", [dict(workers=0), dict(batch_size=0), dict(torch_threads=-1), dict(max_batch_delay_ms=-1)])
+def test_a_policy_that_cannot_run_is_refused(bad):
+    with pytest.raises(ValueError, match="workers and batch_size must be >= 1"):
+        ServingPolicy(**bad)

@@ -34,7 +34,7 @@ def photos() -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def in_process(ckpt_path) -> ImageClassifier:
     ckpt = checkpoint.load(ckpt_path)
-    spec, _ = archive.model_spec_from_checkpoint(ckpt, "imagenet", "1.0", topk=5)
+    spec, _, _ = archive.model_spec_from_checkpoint(ckpt, "imagenet", "1.0", topk=5)
     return ImageClassifier(checkpoint.build_net(ckpt), spec)
 
 

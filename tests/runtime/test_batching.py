@@ -1,5 +1,6 @@
-"""scripts/batching.py: greedy micro-batching keeps each caller's results, batches what queued
-while a batch ran, bounds batch size, never waits to fill a batch, and contains failures."""
+"""scripts/runtime/batching.py: greedy micro-batching keeps each caller's results, batches what
+queued while a batch ran, bounds batch size, never waits to fill a batch, runs its workers side by
+side each on its own thread, and contains failures."""
 import asyncio
 import threading
 import time
@@ -86,9 +87,10 @@ def test_a_failing_batch_fails_its_callers_only_and_the_batcher_goes_on():
     assert started.is_set()
 
 
-def test_max_items_must_be_positive():
-    with pytest.raises(ValueError):
-        MicroBatcher(lambda x: x, max_items=0)
+@pytest.mark.parametrize("bad", [dict(max_items=0), dict(workers=0)])
+def test_max_items_and_workers_must_be_positive(bad):
+    with pytest.raises(ValueError, match="must be ≥ 1"):
+        MicroBatcher(lambda x: x, **bad)
 
 
 def test_fast_batches_run_on_the_loop_and_slow_ones_in_a_thread():
@@ -114,3 +116,49 @@ def test_fast_batches_run_on_the_loop_and_slow_ones_in_a_thread():
     slow, slow_threads = make(0.1)
     loop_thread = asyncio.run(drive(slow, 4))
     assert loop_thread not in slow_threads
+
+
+def test_workers_run_batches_side_by_side_each_always_on_its_own_thread():
+    """Two workers: two batches run at once (a second call starts while the first sleeps), and
+    every call of a worker runs on that worker's one thread (torch's OpenMP pool belongs to the
+    thread that calls it), set-up included."""
+    threads, running, overlapped = [], [0], [False]
+    lock = threading.Lock()
+
+    def run(items):
+        with lock:
+            running[0] += 1
+            overlapped[0] |= running[0] > 1
+            threads.append(threading.get_ident())
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return items
+
+    async def main():
+        b = MicroBatcher(run, max_items=1, workers=2)
+        setup = {b.on_worker(n, threading.get_ident) for n in range(2)}
+        got = await asyncio.gather(*(b.submit([i]) for i in range(20)))
+        return b, setup, got
+
+    b, setup, got = asyncio.run(main())
+    assert got == [[i] for i in range(20)] and b.batches == 20
+    assert overlapped[0]
+    assert set(threads) == setup and len(setup) == 2 and threading.get_ident() not in setup
+
+
+def test_with_several_workers_nothing_runs_on_the_loop():
+    """Inline calls would serialize the workers: with more than one, every call takes a thread."""
+    threads = []
+
+    def run(items):
+        threads.append(threading.get_ident())
+        return items
+
+    async def main():
+        b = MicroBatcher(run, workers=2, inline_below_s=10.0)
+        for i in range(10):
+            await b.submit([i])
+        return threading.get_ident()
+
+    assert asyncio.run(main()) not in threads

@@ -1,11 +1,13 @@
 import json
+from dataclasses import replace
 
 import torch
 
 from handlers.classifier import ImageClassifier
 from handlers.spec import ModelSpec
 from model import checkpoint
-from scripts.serve import archive
+from scripts.runtime.mar import read_spec
+from scripts.serve import archive, policy
 from handlers.settings import ServingSettings
 from scripts.serve.torchserve import snapshot_models
 from tests.helpers import IMAGENET_NAME, MODEL_NAME
@@ -51,7 +53,6 @@ def test_config_properties_is_kserve_layout_with_safe_defaults(store):
     assert props["model_store"] == "/mnt/models/model-store"
     models = json.loads(props["model_snapshot"])["models"]
     assert models[MODEL_NAME]["1.0"]["marName"] == f"{MODEL_NAME}.mar"
-    assert models[MODEL_NAME]["1.0"]["minWorkers"] == 1
     assert snapshot_models(config) == {MODEL_NAME: ["1.0"], IMAGENET_NAME: ["1.0"]}
 
 
@@ -76,3 +77,29 @@ def test_each_archive_run_stages_in_its_own_temp_dir(trained, tmp_path, monkeypa
     monkeypatch.setenv("TMPDIR", str(shared))
     mar, _ = archive.archive(trained, tmp_path / "out", "race")
     assert mar.exists() and (shared / "race").read_text() == "another archiver's staging"
+
+
+def test_each_model_gets_its_policy_and_the_snapshot_follows_each_archive(store):
+    """The default CNN batches (8 images, 5 ms); EfficientNet-Lite0 runs one image per pass: each
+    archive's spec says so, and config.properties has it from there."""
+    config = dict(line.split("=", 1) for line in (store / "config" / "config.properties").read_text().splitlines()
+                  if line.startswith("model_snapshot="))
+    models = json.loads(config["model_snapshot"])["models"]
+    for name, expected in ((MODEL_NAME, policy.LIGHT), (IMAGENET_NAME, policy.HEAVY)):
+        assert read_spec(store / "model-store" / f"{name}.mar").serving == expected
+        entry = models[name]["1.0"]
+        assert (entry["minWorkers"], entry["maxWorkers"], entry["batchSize"], entry["maxBatchDelay"]) == (
+            expected.workers, expected.workers, expected.batch_size, expected.max_batch_delay_ms)
+
+
+def test_the_cli_overrides_the_policy_field_by_field(trained, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert archive.main(["--checkpoint", str(trained), "--out", str(out), "--model-name", "m", "--policy", "heavy",
+                         "--workers", "2", "--torch-threads", "1"]) == 0
+    serving = read_spec(out / "model-store" / "m.mar").serving
+    assert serving == replace(policy.HEAVY, workers=2, torch_threads=1)
+    snapshot = next(line for line in (out / "config" / "config.properties").read_text().splitlines()
+                    if line.startswith("model_snapshot="))
+    assert json.loads(snapshot.split("=", 1)[1])["models"]["m"]["1.0"]["minWorkers"] == 2
+    assert archive.main(["--checkpoint", str(trained), "--out", str(out), "--batch-size", "0"]) == 2
+    assert "workers and batch_size must be >= 1" in capsys.readouterr().err

@@ -32,6 +32,7 @@ from scripts.harness.bench import limit, report, targets
 from scripts.harness.bench.models import BENCH_MODELS
 from scripts.harness.bench.points import run_point
 from scripts.harness.latency import quantile
+from scripts.runtime.mar import read_spec
 from scripts.serve import archive
 from scripts.serve.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL, ModelServingSettings
 
@@ -68,7 +69,6 @@ def batch_setting(text: str) -> tuple[int, int]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    d = ModelServingSettings()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
                    help="the model to serve (make train writes the default)")
@@ -86,10 +86,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per point (not counted)")
     p.add_argument("--max-requests", type=int, default=100_000, help="cap per point")
     p.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS))
-    p.add_argument("--torchserve-batch", type=batch_setting, nargs="+",
-                   default=[(d.batch_size, d.max_batch_delay_ms), (1, 0)], metavar="SIZE:DELAY_MS",
-                   help="TorchServe batch settings to measure; the first is named plainly, the others "
-                        "get a (bSIZE/DELAYms) suffix (default: the shipped 8:5, and 1:0)")
+    p.add_argument("--torchserve-batch", type=batch_setting, nargs="*", default=[(1, 0)], metavar="SIZE:DELAY_MS",
+                   help="TorchServe batch settings measured besides the archive's own (named plainly), each "
+                        "with a (bSIZE/DELAYms) suffix; one equal to the archive's is skipped (default: 1:0)")
     p.add_argument("--kserve-args", default="", help="extra flags for scripts.runtime, e.g. '--inline-below-ms 2'")
     p.add_argument("--inprocess-batches", type=int, nargs="*", default=[1, 8, 32])
     p.add_argument("--out", type=Path, default=Path("docs/bench"), help="where bench.{json,md,png} go")
@@ -137,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = model.make_checkpoint(work) if model.make_checkpoint else args.checkpoint
         store = work / "store"
         mar, _ = archive.archive(checkpoint, store, name)
+        serving = read_spec(mar).serving
         classifier = targets.load_inprocess(mar, work / "unpacked")
         expected = [next(iter(classifier.predict([img])[0])) for img in images]
         limit_result = limit.sweep(checkpoint, images, seconds=args.duration / 2) if args.limit else None
@@ -175,13 +175,16 @@ def main(argv: list[str] | None = None) -> int:
                 if "kserve-grpc" in args.targets:
                     plan.append(("kserve-grpc", targets.kserve_grpc_client(rt, name, images), levels, rt, expected))
             if {"torchserve-rest", "torchserve-grpc"} & set(args.targets):
-                for n, (size, delay) in enumerate(args.torchserve_batch):
+                variants = [(None, None)] + [(size, delay) for size, delay in args.torchserve_batch
+                                             if (size, delay) != (serving.batch_size, serving.max_batch_delay_ms)]
+                for n, (size, delay) in enumerate(variants):
                     suffix = "" if n == 0 else f" (b{size}/{delay}ms)"
                     own = work / f"store-{n}"
                     shutil.copytree(store, own)
                     archive.write_config(own, model_settings=ModelServingSettings(batch_size=size, max_batch_delay_ms=delay))
                     ts = stack.enter_context(targets.Stopper(targets.start_torchserve(own, work / f"torchserve-{n}")))
-                    servers.append(f"TorchServe 0.12{suffix}: 1 worker, batch size {size}, max batch delay {delay} ms")
+                    servers.append(f"TorchServe 0.12{suffix}: {serving.workers} worker(s), batch size "
+                                   f"{size or serving.batch_size}, max batch delay {serving.max_batch_delay_ms if delay is None else delay} ms")
                     if "torchserve-rest" in args.targets:
                         plan.append((f"torchserve-rest{suffix}", targets.torchserve_rest_client(ts, name, images), levels, ts,
                                      expected))
@@ -219,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine.describe(), "load_average": load_average,
         "bench_model": args.bench_model, "model": f"{name}: {model.what}", "images": len(images),
         "duration_s": args.duration, "warmup_s": args.warmup, "repeats": args.repeats,
-        "wall_s": round(time.time() - started, 1), "servers": "; ".join(servers), "points": points,
+        "wall_s": round(time.time() - started, 1), "serving_policy": serving.to_dict(),
+        "servers": "; ".join(servers), "points": points,
         "inprocess_batches": results_batches, "limit": limit_result, "notes": notes,
     }
     results["verdicts"] = report.verdicts(points, args.bench_model)

@@ -305,9 +305,8 @@ def rollout(ts: TorchServe, work: Workload, rs: ReliabilitySettings, new_mar: st
         time.sleep(2.0)
         t = time.perf_counter()
         if naive:
-            requests.post(f"{mgmt}/models", timeout=300, params={
-                "url": new_mar, "initial_workers": m.workers, "synchronous": "true", "batch_size": m.batch_size,
-                "max_batch_delay": m.max_batch_delay_ms}).raise_for_status()
+            requests.post(f"{mgmt}/models", timeout=300,
+                          params={**ts.registration(new_mar, m), "synchronous": "true"}).raise_for_status()
         else:
             ts.register(new_mar, m)
         steps["register"] = round(time.perf_counter() - t, 2)

@@ -1,0 +1,45 @@
+"""Which serving policy a model gets (handlers/spec.py's ServingPolicy), chosen at archive time
+from the cost of one forward pass, counted in floating-point operations: a count, not a timing,
+so the same checkpoint always gets the same policy, whatever machine archives it.
+
+  light (under HEAVY_FLOPS; the default CNN: 4 MFLOPs): requests batched (up to 8; TorchServe waits
+      up to 5 ms for a batch), one pass at a time on one thread, contiguous memory. The pass takes
+      well under a millisecond, so the per-request work around it (HTTP, the hop to a worker) is
+      what batching shares, and a second thread only spins.
+  heavy (EfficientNet-Lite0: 0.77 GFLOPs; ResNet-50: 8.2 GFLOPs): one image per pass, one pass at a
+      time on every CPU the container may use (threads 0 = its CPU limit), channels_last. The pass
+      is all compute. Measured on the 2-core machine here (docs/bench/bench-imagenet.md): batching
+      slowed EfficientNet-Lite0 (batch 8 ran at 0.6 to 0.9 times the images/s of batch 1),
+      channels_last sped it up by 1.1 to 1.4 times, and one two-thread pass at a time served a
+      lone client 1.6 times faster than two one-thread passes side by side, with the same
+      throughput under 8 clients.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from handlers.preprocess import PreprocessSpec
+from handlers.spec import ServingPolicy
+
+# A pass of 100 MFLOPs takes a few milliseconds on one core of these CPUs: above it the server's
+# own per-request work is small beside the pass.
+HEAVY_FLOPS = 100e6
+LIGHT = ServingPolicy()
+HEAVY = ServingPolicy(workers=1, batch_size=1, max_batch_delay_ms=0, torch_threads=0, channels_last=True)
+
+
+def forward_flops(net: torch.nn.Module, spec: PreprocessSpec) -> int:
+    """Floating-point operations of one image's forward pass (torch's own counter)."""
+    x = torch.zeros(1, spec.channels, spec.height, spec.width)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        net.eval()(x)
+    return int(counter.get_total_flops())
+
+
+def choose(net: torch.nn.Module, spec: PreprocessSpec) -> tuple[ServingPolicy, str]:
+    """The policy for this network and a line saying why."""
+    flops = forward_flops(net, spec)
+    heavy = flops >= HEAVY_FLOPS
+    return (HEAVY if heavy else LIGHT), (f"{'heavy' if heavy else 'light'} model: {flops / 1e6:,.0f} MFLOPs per image "
+                                         f"({'≥' if heavy else '<'} {HEAVY_FLOPS / 1e6:.0f})")

@@ -1,0 +1,29 @@
+"""scripts/serve/policy.py: a model's serving policy comes from its FLOPs per image, the same for
+the same network wherever it is archived."""
+from handlers.preprocess import PreprocessSpec
+from model import data, nets
+from scripts.serve import policy
+
+GRAY_28 = data.DATASETS["fashion-mnist"].spec
+RGB_224 = data.DATASETS["imagenet"].spec
+
+
+def net(arch: str, spec: PreprocessSpec, classes: int):
+    size = {nets.ARCHS[arch].size_kwarg: spec.height} if nets.ARCHS[arch].size_kwarg else {}
+    return nets.build(arch, num_classes=classes, in_channels=spec.channels, **size)
+
+
+def test_the_default_cnn_is_light_and_resnet50_heavy():
+    small, why_small = policy.choose(net("small_cnn", GRAY_28, 10), GRAY_28)
+    big, why_big = policy.choose(net("resnet50", RGB_224, 1000), RGB_224)
+    assert small == policy.LIGHT and why_small.startswith("light model: 4 MFLOPs")
+    assert big == policy.HEAVY and why_big.startswith("heavy model: 8,1")  # ResNet-50: 8.2 GFLOPs
+    assert (big.workers, big.batch_size, big.max_batch_delay_ms, big.torch_threads, big.channels_last) == (1, 1, 0, 0, True)
+
+
+def test_flops_are_counted_not_timed():
+    n = net("small_cnn", GRAY_28, 10)
+    assert policy.forward_flops(n, GRAY_28) == policy.forward_flops(n, GRAY_28) > 0
+    # the same network on 4 times the pixels costs about 4 times as much
+    big = PreprocessSpec(height=56, width=56, channels=1, mean=(0.5,), std=(0.5,))
+    assert 3.5 < policy.forward_flops(net("small_cnn", big, 10), big) / policy.forward_flops(n, GRAY_28) < 4.5
