@@ -76,7 +76,8 @@ def topk_from_outputs(outputs) -> list[dict]:
     labels, probs = by_name["labels"], by_name["probabilities"]
     n, k = labels.shape
     decode = lambda v: v.decode() if isinstance(v, bytes) else v  # noqa: E731
-    ls, ps = [decode(v) for v in labels.data], [float(p) for p in probs.data]
+    # as_numpy: from JSON data, typed gRPC contents or raw_output_contents alike
+    ls, ps = [decode(v) for v in labels.as_numpy().reshape(-1)], [float(p) for p in probs.as_numpy().reshape(-1)]
     return [dict(zip(ls[i * k:(i + 1) * k], ps[i * k:(i + 1) * k])) for i in range(n)]
 
 

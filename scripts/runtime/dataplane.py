@@ -1,9 +1,10 @@
-"""kserve's DataPlane, with TorchServe's raw-bytes bodies on the v1 route and complete model
-metadata."""
+"""kserve's DataPlane, with TorchServe's raw-bytes bodies on the v1 route, OIP v2 bodies in the
+binary tensor extension (tritonclient's), and complete model metadata."""
 from __future__ import annotations
 
 from kserve.protocol.dataplane import DataPlane
 
+from scripts.runtime.decode import rest_v2_request
 from scripts.runtime.model import MarModel
 
 PLATFORM = "pytorch"
@@ -17,6 +18,8 @@ class ClassifierDataPlane(DataPlane):
                 and headers.get("content-type", "").split(";")[0].strip() == "application/octet-stream"
                 and body.lstrip()[:1] not in (b"{", b"[")):
             return body, {}
+        if isinstance(body, bytes) and protocol_version.lower() == "v2":
+            return rest_v2_request(body, headers or {}, model_name), {}
         return super().decode(body, headers, protocol_version, model_name)
 
     async def model_metadata(self, model_name: str) -> dict:

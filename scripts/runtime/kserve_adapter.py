@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from grpc import aio
 from kserve import Model, ModelServer, model_server
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-from kserve.errors import InferenceError, InvalidInput
+from kserve.errors import InvalidInput
 from kserve.logging import logger
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.interceptors import LoggingInterceptor
@@ -21,8 +21,8 @@ from kserve.protocol.rest.server import RESTServer
 from timing_asgi import TimingMiddleware
 
 from scripts.runtime.dataplane import ClassifierDataPlane
-from scripts.runtime.transport import (InterceptorForRefusals, invalid_body_response, refused_response,
-                                       undecodable_response)
+from scripts.runtime.transport import (BinaryTensorBodies, InterceptorForRefusals, invalid_body_response, model_config_unsupported,
+                                       refused_response)
 
 # What this module copies or relies on in kserve 0.21.0, by the sha256 (first 16 hex digits) of the
 # installed source of each: a kserve whose copy differs fails tests/runtime/test_kserve_adapter.py
@@ -37,6 +37,7 @@ COPIED_FROM_KSERVE = {
 PRIVATE_NAMES = {
     "kserve.model_server.ModelServer": ("_register_and_check_atleast_one_model_is_ready", "_serve"),
     "kserve.protocol.grpc.server.GRPCServer": ("_port", "_data_plane", "_model_repository_extension", "_kwargs"),
+    "kserve.protocol.grpc.servicer.InferenceServicer": ("_data_plane",),
 }
 
 
@@ -58,7 +59,20 @@ class BoundRESTServer(RESTServer):
         # registered after kserve's own handlers, so these replace its {"error": ...} bodies
         model_server.app.add_exception_handler(InvalidInput, refused_response)
         model_server.app.add_exception_handler(RequestValidationError, invalid_body_response)
-        model_server.app.add_exception_handler(InferenceError, undecodable_response)
+        model_server.app.add_middleware(BinaryTensorBodies)
+        for path in ("/v2/models/{model_name}/config", "/v2/models/{model_name}/versions/{model_version}/config"):
+            model_server.app.add_api_route(path, model_config_unsupported, methods=["GET"])
+
+
+class VersionedServicer(InferenceServicer):
+    """kserve's gRPC servicer, whose ModelMetadata also names the model's versions: kserve 0.21
+    drops them over gRPC (REST has them), and Triton's clients read them."""
+
+    async def ModelMetadata(self, request, context):
+        response = await super().ModelMetadata(request, context)
+        metadata = await self._data_plane.model_metadata(model_name=request.name)
+        response.versions.extend(metadata.get("versions", []))
+        return response
 
 
 class BoundGRPCServer(GRPCServer):
@@ -75,7 +89,7 @@ class BoundGRPCServer(GRPCServer):
             options=[(f"grpc.{name}", self._kwargs.get(f"grpc_{name}"))
                      for name in ("max_send_message_length", "max_receive_message_length")])
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self._data_plane, self._model_repository_extension), self._server)
+            VersionedServicer(self._data_plane, self._model_repository_extension), self._server)
         self._server.add_insecure_port(self.address)
         logger.info("Starting gRPC server on %s", self.address)
         await self._server.start()

@@ -14,9 +14,10 @@ from PIL import Image
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.logging import logger
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput, to_http_parameters
 
 from handlers.classifier import ImageClassifier, Result
+from handlers.errors import MalformedRequest
 from handlers.inputs import ParsedRequest
 from handlers.metrics import Observation, PrometheusMetrics, Stopwatch
 from handlers.responses import render
@@ -41,8 +42,13 @@ class RequestRefused(InvalidInput):
 @dataclass
 class Job:
     request: ParsedRequest
-    grpc: bool
+    oip: InferRequest | None  # an OIP v2 request (REST or gRPC): which outputs, and in which form
     results: list[Result] = field(default_factory=list)
+
+    @property
+    def grpc(self) -> bool:
+        return self.oip is not None and self.oip.from_grpc
+
 
 # On a GPU: one pass at a time, as many queued images as fit a pass
 GPU_BATCHING = ServingPolicy(workers=1, batch_size=32)
@@ -50,11 +56,32 @@ GPU_BATCHING = ServingPolicy(workers=1, batch_size=32)
 INLINE_BELOW_MS = 3.0  # measured: docs/bench/bench.md
 
 
-def grpc_response(body: dict) -> InferResponse:
+def unknown_outputs(request: InferRequest, known: list[str]) -> MalformedRequest | None:
+    for i, wanted in enumerate(request.request_outputs or []):
+        if wanted.name not in known:
+            return MalformedRequest(f'outputs[{i}]: this model has no output "{wanted.name}" '
+                                    f"(it has {', '.join(map(repr, known))})")
+    return None
+
+
+def oip_response(body: dict, request: InferRequest) -> InferResponse:
+    """The OIP v2 body as kserve encodes it, with the outputs the request asks for in the form it
+    asks for. gRPC answers in raw_output_contents, as Triton's servers do and its clients read
+    (typed contents if the request sets binary_data_output false). REST answers in JSON unless the
+    request sets binary_data_output, or binary_data on a requested output (the binary tensor
+    extension: JSON, then the outputs' bytes)."""
     outputs = [InferOutput(name=o["name"], shape=o["shape"], datatype=o["datatype"], data=o["data"])
                for o in body["outputs"]]
-    return InferResponse(response_id=body["id"], model_name=body["model_name"],
-                         model_version=body["model_version"], infer_outputs=outputs)
+    binary = to_http_parameters(request.parameters or {}).get("binary_data_output", request.from_grpc)
+    wanted = request.request_outputs or []
+    if request.from_grpc and wanted:
+        outputs = [next(o for o in outputs if o.name == w.name) for w in wanted]
+    elif wanted:  # each output's own binary_data wins over the request's binary_data_output
+        wanted = [RequestedOutput(w.name, {**(w.parameters or {}), "binary_data": bool(
+            binary if w.binary_data is None else w.binary_data)}) for w in wanted]
+    return InferResponse(response_id=body["id"], model_name=body["model_name"], model_version=body["model_version"],
+                         infer_outputs=outputs, use_binary_outputs=bool(binary),
+                         requested_outputs=None if request.from_grpc else wanted or None)
 
 
 class MarModel(Model):
@@ -130,8 +157,11 @@ class MarModel(Model):
         return payload  # parse_request already validated it; kserve's check expects dicts
 
     async def preprocess(self, payload, headers: dict[str, str] | None = None) -> Job:
-        grpc = isinstance(payload, InferRequest) and payload.from_grpc
-        return Job(parse_request(payload, headers or {}, self.classifier.max_bytes), grpc)
+        oip = payload if isinstance(payload, InferRequest) else None
+        job = Job(parse_request(payload, headers or {}, self.classifier.max_bytes), oip)
+        if oip is not None and job.request.error is None:
+            job.request.error = unknown_outputs(oip, [o["name"] for o in self.get_output_types()])
+        return job
 
     def _run_batch(self, items: list[tuple[bytes, int | None]]) -> list[Result]:
         """One forward pass for the images of every request in a micro-batch (a worker thread:
@@ -157,4 +187,6 @@ class MarModel(Model):
             raise RequestRefused(status, body)
         if response_headers is not None:
             response_headers["x-model-version"] = self.version
-        return grpc_response(body) if job.grpc else body
+        if job.oip is not None and (job.grpc or job.oip.request_outputs or job.oip.use_binary_outputs):
+            return oip_response(body, job.oip)
+        return body  # as TorchServe's handler writes it

@@ -6,10 +6,11 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from grpc import StatusCode
-from kserve.errors import InferenceError, InvalidInput
+from kserve.errors import InvalidInput
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 
-from handlers.errors import MalformedRequest
+from handlers.errors import InputError, MalformedRequest
+from scripts.runtime.decode import INFERENCE_HEADER_LENGTH, schema_problems
 from scripts.runtime.model import RequestRefused
 
 
@@ -20,22 +21,6 @@ async def refused_response(_: Request, exc: InvalidInput) -> JSONResponse:
     return JSONResponse(error.to_dict(), status_code=error.status)
 
 
-async def undecodable_response(_: Request, exc: InferenceError) -> JSONResponse:
-    """kserve raises InferenceError (its handler: 500, echoing the whole payload) while decoding
-    OIP binary tensor data, e.g. raw image bytes it reads as UTF-8. Our model never raises it."""
-    error = MalformedRequest(f"binary tensor data could not be decoded (send images as base64 strings in "
-                             f'"data", or raw over gRPC): {str(exc)[:120]}')
-    return JSONResponse(error.to_dict(), status_code=error.status)
-
-
-def _field(loc: tuple) -> str:
-    """("body", "InferenceRequest", "inputs", 0, "shape") → "inputs[0].shape"."""
-    out = ""
-    for part in loc[2:]:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
-    return out or "body"
-
-
 async def invalid_body_response(_: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's schema check of the v2 body: a 400 in our shape instead of its 422."""
     errors = list(exc.errors())
@@ -43,8 +28,37 @@ async def invalid_body_response(_: Request, exc: RequestValidationError) -> JSON
         error = MalformedRequest("request body is not valid JSON")
     else:  # kserve's route takes the schema or raw bytes: report the schema's complaints
         errors = [e for e in errors if e.get("loc", ())[1:2] != ("bytes",)] or errors
-        problems = "; ".join(f"{_field(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in errors)
-        error = MalformedRequest(f"not an OIP v2 inference request: {problems}")
+        error = MalformedRequest(f"not an OIP v2 inference request: {schema_problems(errors, skip=2)}")
+    return JSONResponse(error.to_dict(), status_code=error.status)
+
+
+class BinaryTensorBodies:
+    """ASGI middleware: a body in the binary tensor extension (it has Inference-Header-Content-Length)
+    is JSON followed by raw bytes, whatever Content-Type the client gave it (kserve's SDK says
+    application/json, and FastAPI would parse it as JSON and fail): it reaches the route as bytes,
+    which the data plane reads (scripts/runtime/decode.py rest_v2_request)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        headers = scope.get("headers", [])
+        if scope["type"] == "http" and any(k == INFERENCE_HEADER_LENGTH.encode() for k, _ in headers):
+            scope = {**scope, "headers": [(k, v) for k, v in headers if k != b"content-type"]
+                     + [(b"content-type", b"application/octet-stream")]}
+        await self.app(scope, receive, send)
+
+
+class UnsupportedExtension(InputError):
+    reason = "not_supported"
+    status = 404
+
+
+async def model_config_unsupported(model_name: str, model_version: str | None = None) -> JSONResponse:
+    """Triton's model configuration extension (tritonclient's get_model_config): not served here,
+    said plainly instead of FastAPI's bare 404."""
+    error = UnsupportedExtension(f"model configuration (GET /v2/models/{model_name}/config) is a Triton extension "
+                                 f"this runtime does not serve; GET /v2/models/{model_name} has the model's metadata")
     return JSONResponse(error.to_dict(), status_code=error.status)
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import struct
 import threading
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,14 +18,12 @@ import httpx
 import numpy as np
 import pytest
 import requests
-from kserve import (InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig,
+from kserve import (InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, InferResponse, RESTConfig,
                     model_server)
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from PIL import Image
-from skimage import data as skdata
 
-from handlers.classifier import ImageClassifier
 from handlers.inputs import MAX_IMAGES_PER_REQUEST
 from scripts.runtime import decode, kserve_adapter, server
 from handlers.settings import ServingSettings
@@ -45,41 +43,6 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def Runtime(model_store: Path, run_dir: Path) -> KServeRuntime:
-    return KServeRuntime(model_store, run_dir, *free_ports(2))
-
-
-@pytest.fixture(scope="module")
-def runtime(store, tmp_path_factory):
-    rt = Runtime(store / "model-store", tmp_path_factory.mktemp("kserve-run")).start()
-    yield rt
-    rt.stop()
-    assert rt.proc.returncode is not None
-
-
-@pytest.fixture(scope="module")
-def local(store, tmp_path_factory) -> dict[str, ImageClassifier]:
-    """Each archive loaded in-process, the way TorchServe's worker loads it."""
-    out = {}
-    for name in (MODEL_NAME, IMAGENET_NAME):
-        target = tmp_path_factory.mktemp(f"local-{name}")
-        with zipfile.ZipFile(store / "model-store" / f"{name}.mar") as z:
-            z.extractall(target)
-        out[name] = ImageClassifier.load(target)
-    return out
-
-
-@pytest.fixture(scope="module")
-def images(samples) -> list[bytes]:
-    out_dir, listed = samples
-    return [(out_dir / s["file"]).read_bytes() for s in listed]
-
-
-@pytest.fixture(scope="module")
-def chelsea() -> bytes:
-    return png_bytes(Image.fromarray(skdata.chelsea()))
-
-
 def v1(base: str, model: str = MODEL_NAME) -> str:
     return f"{base}/v1/models/{model}:predict"
 
@@ -95,8 +58,8 @@ def v2_body(data: list, shape=None, datatype="BYTES", **extra) -> dict:
 
 def v2_topk(out: dict | object) -> list[dict]:
     """Per image {label: probability} from a v2 body (dict) or an SDK InferResponse."""
-    outputs = out["outputs"] if isinstance(out, dict) else [
-        {"name": o.name, "shape": o.shape, "data": o.data} for o in out.outputs]
+    outputs = out["outputs"] if isinstance(out, dict) else [  # as_numpy: JSON data or raw contents alike
+        {"name": o.name, "shape": o.shape, "data": o.as_numpy().reshape(-1).tolist()} for o in out.outputs]
     labels, probs = (next(o for o in outputs if o["name"] == name) for name in ("labels", "probabilities"))
     n, k = labels["shape"]
     assert probs["shape"] == [n, k]
@@ -361,8 +324,7 @@ def test_concurrent_requests_over_every_protocol(runtime, images, local):
                 model_name=MODEL_NAME, inputs=[pb.ModelInferRequest.InferInputTensor(
                     name="image", datatype="BYTES", shape=[1],
                     contents=pb.InferTensorContents(bytes_contents=[images[i % 2]]))]), timeout=60)
-        labels, probs = reply.outputs
-        return dict(zip((x.decode() for x in labels.contents.bytes_contents), probs.contents.fp32_contents))
+        return v2_topk(InferResponse.from_grpc(reply))[0]  # outputs in raw_output_contents
 
     calls = [(f, i) for i in range(4) for f in (rest_v1, rest_v2, grpc_v2)]
     with ThreadPoolExecutor(6) as pool:
@@ -437,18 +399,83 @@ def test_the_rest_sdk_surfaces_our_message(runtime):
 
 
 @pytest.mark.integration
-def test_the_v2_binary_extension_is_a_400_not_a_500(runtime, images):
-    """kserve 0.21 reads BYTES binary data as UTF-8 text, so raw images cannot travel that way."""
+def test_the_sdks_binary_tensor_extension_carries_raw_images(runtime, images, local):
+    """The KServe SDK's REST client with binary_data=True: raw image bytes after the JSON, never
+    read as text."""
     async def sdk():
-        tensor = InferInput("image", [1], "BYTES")
-        tensor.set_data_from_numpy(np.array([images[0]], dtype=np.object_), binary_data=True)
+        tensor = InferInput("image", [2], "BYTES")
+        tensor.set_data_from_numpy(np.array(images[:2], dtype=np.object_), binary_data=True)
         async with InferenceRESTClient(RESTConfig(protocol="v2", retries=0)) as client:
             return await client.infer(runtime.url, InferRequest(MODEL_NAME, [tensor]), model_name=MODEL_NAME)
-    with pytest.raises(httpx.HTTPStatusError) as e:
-        run(sdk())
-    response = e.value.response
-    assert response.status_code == 400 and response.json()["reason"] == "malformed_request"
-    assert "base64" in response.json()["error"] and len(response.content) < 1024
+    for got, want in zip(v2_topk(run(sdk())), local[MODEL_NAME].predict(images[:2]), strict=True):
+        assert_same_topk(got, want)
+
+
+def binary_body(elements: list[bytes], size: int | None = None, **request) -> tuple[bytes, dict]:
+    """An OIP v2 body in the binary tensor extension, framed by hand as the spec says: the JSON,
+    then each BYTES element as a 4-byte little-endian length and its bytes (`size`: the
+    binary_data_size to claim instead of the true one)."""
+    raw = b"".join(struct.pack("<I", len(e)) + e for e in elements)
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(elements)],
+                                     "parameters": {"binary_data_size": len(raw) if size is None else size}}],
+                         **request}).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header))}
+
+
+@pytest.mark.integration
+def test_binary_outputs_when_asked_json_otherwise(runtime, images, local):
+    expected = local[MODEL_NAME].predict(images[:2], 3)
+    body, headers = binary_body(images[:2], parameters={"binary_data_output": True, "topk": 3})
+    r = requests.post(v2(runtime.url), data=body, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    json_length = int(r.headers["inference-header-content-length"])
+    outputs = json.loads(r.content[:json_length])["outputs"]
+    assert all("data" not in o for o in outputs)  # the values follow the JSON, in binary
+    assert sum(o["parameters"]["binary_data_size"] for o in outputs) == len(r.content) - json_length
+    for g, want in zip(v2_topk(InferResponse.from_bytes(r.content, json_length)), expected, strict=True):
+        assert_same_topk(g, want)
+    # one output, as JSON: only what was asked for, in the form asked for
+    body, headers = binary_body(images[:1], outputs=[{"name": "probabilities", "parameters": {"binary_data": False}}])
+    r = requests.post(v2(runtime.url), data=body, headers=headers, timeout=30)
+    assert r.status_code == 200 and "inference-header-content-length" not in r.headers
+    [probabilities] = r.json()["outputs"]
+    assert probabilities["name"] == "probabilities" and probabilities["shape"] == [1, 5]
+    assert probabilities["data"] == pytest.approx(list(local[MODEL_NAME].predict(images[:1])[0].values()), abs=1e-6)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("case, says", [
+    ("header-too-long", "inference-header-content-length must be the length of the JSON"),
+    ("header-not-a-number", "inference-header-content-length must be the length of the JSON"),
+    ("size-past-the-end", "binary_data_size 1000000 runs past the end of the body"),
+    ("bytes-left-over", "bytes after the last input's binary data"),
+    ("no-data", 'has neither "data" nor a binary_data_size parameter'),
+    ("unknown-output", 'this model has no output "logits"'),
+    ("bad-framing", "are not a valid BYTES tensor"),
+    ("not-an-image", "image[1]: body is not an image"),
+])
+def test_broken_binary_framing_gets_a_named_400(runtime, images, case, says):
+    body, headers = binary_body([images[0], b"junk" if case == "not-an-image" else images[1]])
+    if case == "header-too-long":
+        headers["Inference-Header-Content-Length"] = str(len(body) + 1)
+    elif case == "header-not-a-number":
+        headers["Inference-Header-Content-Length"] = "ten"
+    elif case == "size-past-the-end":
+        body, headers = binary_body(images[:2], size=10**6)
+    elif case == "bytes-left-over":
+        body += b"extra"
+    elif case == "no-data":
+        body = json.dumps(v2_body(["AA=="]) | {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]}).encode()
+        headers = {}
+    elif case == "unknown-output":
+        body, headers = binary_body(images[:1], outputs=[{"name": "logits"}])
+    elif case == "bad-framing":
+        length = int(headers["Inference-Header-Content-Length"])
+        body = body[:length] + b"\xff\xff\xff\xff" + body[length + 4:]
+    r = requests.post(v2(runtime.url), data=body, headers=headers, timeout=30)
+    assert r.status_code == 400 and r.json()["reason"] in ("malformed_request", "invalid_image"), r.text
+    assert says in r.json()["error"], r.json()
+    assert requests.get(f"{runtime.url}/v2/health/ready", timeout=10).status_code == 200
 
 
 def grpc_tensor(data: list, shape=None, datatype="BYTES") -> pb.ModelInferRequest.InferInputTensor:
@@ -473,7 +500,7 @@ def grpc_tensor(data: list, shape=None, datatype="BYTES") -> pb.ModelInferReques
      grpc.StatusCode.INVALID_ARGUMENT, "topk must be an integer"),
     (pb.ModelInferRequest(model_name=MODEL_NAME, raw_input_contents=[b"\xff\xff\xff\xff"], inputs=[
         pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1])]),
-     grpc.StatusCode.INVALID_ARGUMENT, "raw_input_contents is not a valid BYTES tensor"),
+     grpc.StatusCode.INVALID_ARGUMENT, "(gRPC raw_input_contents, REST binary data) are not a valid BYTES"),
     (pb.ModelInferRequest(model_name="nope", inputs=[grpc_tensor([b"x"])]),
      grpc.StatusCode.NOT_FOUND, "nope"),
 ], ids=["not-an-image", "shape", "datatype", "two-inputs", "topk", "raw-framing", "unknown-model"])
@@ -589,7 +616,7 @@ def test_each_request_logs_one_access_line_and_no_timing_lines(runtime, images):
 
 
 def test_the_runtime_stops_on_sigterm_and_removes_its_unpacked_archives(store, tmp_path):
-    rt = Runtime(store / "model-store", tmp_path).start()
+    rt = KServeRuntime(store / "model-store", tmp_path, *free_ports(2)).start()
     try:
         (unpacked,) = rt.tmp.glob("kserve-runtime-*")
         assert sorted(p.name for p in unpacked.iterdir()) == sorted([f"{IMAGENET_NAME}-1.0", f"{MODEL_NAME}-1.0"])

@@ -22,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -129,18 +130,23 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     servers: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="bench-"))
+    torch_thread = ThreadPoolExecutor(1, thread_name_prefix="torch")
     started = time.time()
     load_average = {"start": [round(x, 2) for x in os.getloadavg()]}
     try:
-        images = model.images(args.data_dir, args.images)
-        checkpoint = model.make_checkpoint(work) if model.make_checkpoint else args.checkpoint
+        # Every torch call of this process on one thread: torch's OpenMP pool belongs to the thread
+        # that runs a parallel op, and a second pool throttles the first (scripts/runtime/batching.py)
+        def on_torch(fn, *args, **kwargs):
+            return torch_thread.submit(fn, *args, **kwargs).result()
+        images = on_torch(model.images, args.data_dir, args.images)
+        checkpoint = on_torch(model.make_checkpoint, work) if model.make_checkpoint else args.checkpoint
         store = work / "store"
-        mar, _ = archive.archive(checkpoint, store, name)
+        mar, _ = on_torch(archive.archive, checkpoint, store, name)
         serving = read_spec(mar).serving
-        classifier = targets.load_inprocess(mar, work / "unpacked")
-        expected = [next(iter(classifier.predict([img])[0])) for img in images]
-        limit_result = limit.sweep(checkpoint, images, seconds=args.duration / 2) if args.limit else None
-        results_batches = (inprocess_batches(classifier, images, args.inprocess_batches, args.duration / 2)
+        classifier = on_torch(targets.load_inprocess, mar, work / "unpacked")
+        expected = [next(iter(on_torch(classifier.predict, [img])[0])) for img in images]
+        limit_result = on_torch(limit.sweep, checkpoint, images, seconds=args.duration / 2) if args.limit else None
+        results_batches = (on_torch(inprocess_batches, classifier, images, args.inprocess_batches, args.duration / 2)
                            if "in-process" in args.targets else [])
 
         with contextlib.ExitStack() as stack:
@@ -148,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             plan: list[tuple] = []  # (target, client, levels, server, the top-1 expected per image)
             if "in-process" in args.targets:
                 # one request at a time: the pipeline's own cost, the floor the servers add to
-                plan.append(("in-process", targets.inprocess_client(classifier, images), [1], None, expected))
+                plan.append(("in-process", targets.inprocess_client(classifier, images, on_torch), [1], None, expected))
             for target, threads in (("fastapi-baseline", None), ("fastapi-1-thread", 1)):
                 if target in args.targets:
                     base = stack.enter_context(targets.Stopper(
@@ -211,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                                            f"answers: {point.get('first_error', '')}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        torch_thread.shutdown()
     load_average["end"] = [round(x, 2) for x in os.getloadavg()]
 
     points = [aggregate(rs) for rs in rounds.values()]

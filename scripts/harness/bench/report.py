@@ -126,7 +126,7 @@ def markdown(results: dict) -> str:
              f"{results['duration_s']} s per point after a {results['warmup_s']} s warm-up"
              + (f", {repeats} interleaved rounds per point (medians; req/s range over the rounds)" if repeats > 1 else "")
              + "; client and servers share the same cores (loopback)",
-             *([f"- the archive's serving policy (scripts/serve/policy.py): "
+             *(["- the archive's serving policy (scripts/serve/policy.py): "
                 + ", ".join(f"{k} {v}" for k, v in results["serving_policy"].items())] if results.get("serving_policy") else []),
              f"- servers: {results['servers']}", ""]
     lines += ["## Targets (CPU)", "", "| check | measured | verdict |", "| --- | --- | --- |"]

@@ -161,12 +161,10 @@ def torchserve_grpc_client(ts: TorchServe, model: str, images: list[bytes]) -> C
 
 
 def first_bytes_element(response: oip_pb.ModelInferResponse) -> str:
-    """Element [0] of the first (labels) output, from `contents` or `raw_output_contents`."""
-    if response.raw_output_contents:
-        raw = response.raw_output_contents[0]
-        (n,) = struct.unpack_from("<I", raw, 0)
-        return raw[4:4 + n].decode()
-    return response.outputs[0].contents.bytes_contents[0].decode()
+    """Element [0] of the first (labels) output, from `raw_output_contents` (4-byte length, bytes)."""
+    raw = response.raw_output_contents[0]
+    (n,) = struct.unpack_from("<I", raw, 0)
+    return raw[4:4 + n].decode()
 
 
 def kserve_grpc_client(rt: KServeRuntime, model: str, images: list[bytes]) -> Client:
@@ -179,10 +177,11 @@ def kserve_grpc_client(rt: KServeRuntime, model: str, images: list[bytes]) -> Cl
     return connect
 
 
-def inprocess_client(classifier: ImageClassifier, images: list[bytes]) -> Client:
-    """The handler's own pipeline (decode → preprocess → forward → top-k), no transport."""
+def inprocess_client(classifier: ImageClassifier, images: list[bytes], call=lambda fn, *args: fn(*args)) -> Client:
+    """The handler's own pipeline (decode → preprocess → forward → top-k), no transport; `call`
+    runs it (on the thread the classifier was loaded on)."""
     def send(i: int) -> str:
-        result = classifier.predict([images[i]])[0]
+        result = call(classifier.predict, [images[i]])[0]
         if not isinstance(result, dict):
             raise BenchError(str(result))
         return next(iter(result))
