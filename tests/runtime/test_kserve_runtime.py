@@ -308,6 +308,28 @@ def test_imagenet_sees_a_cat_in_chelsea(runtime, chelsea, local):
 
 
 @pytest.mark.integration
+def test_grpc_outputs_are_raw_unless_a_request_asks_for_typed_contents(runtime, images, local):
+    """Raw output contents by default (Triton's form); binary_data_output=false asks for typed
+    contents, for clients that read only those; a requested output narrows the answer."""
+    def infer(**request) -> pb.ModelInferResponse:
+        tensor = pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1],
+                                                       contents=pb.InferTensorContents(bytes_contents=[images[0]]))
+        with grpc.insecure_channel(runtime.grpc_target) as channel:
+            return GRPCInferenceServiceStub(channel).ModelInfer(
+                pb.ModelInferRequest(model_name=MODEL_NAME, inputs=[tensor], **request), timeout=30)
+    want = local[MODEL_NAME].predict(images[:1])[0]
+    raw = infer()
+    assert len(raw.raw_output_contents) == 2 and not raw.outputs[0].contents.bytes_contents
+    assert_same_topk(v2_topk(InferResponse.from_grpc(raw))[0], want)
+    typed = infer(parameters={"binary_data_output": pb.InferParameter(bool_param=False)})
+    assert not typed.raw_output_contents
+    labels, probs = typed.outputs
+    assert_same_topk(dict(zip((x.decode() for x in labels.contents.bytes_contents), probs.contents.fp32_contents)), want)
+    one = infer(outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="probabilities")])
+    assert [o.name for o in one.outputs] == ["probabilities"] and len(one.raw_output_contents) == 1
+
+
+@pytest.mark.integration
 def test_concurrent_requests_over_every_protocol(runtime, images, local):
     expected = local[MODEL_NAME].predict(images[:2])
 
