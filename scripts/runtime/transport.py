@@ -33,8 +33,8 @@ async def invalid_body_response(_: Request, exc: RequestValidationError) -> JSON
 
 
 class BinaryTensorBodies:
-    """ASGI middleware: a body in the binary tensor extension (it has Inference-Header-Content-Length)
-    is JSON followed by raw bytes, whatever Content-Type the client gave it (kserve's SDK says
+    """ASGI middleware: an OIP v2 body in the binary tensor extension (it has
+    Inference-Header-Content-Length) is JSON followed by raw bytes, whatever Content-Type the client gave it (kserve's SDK says
     application/json, and FastAPI would parse it as JSON and fail): it reaches the route as bytes,
     which the data plane reads (scripts/runtime/decode.py rest_v2_request)."""
 
@@ -43,7 +43,8 @@ class BinaryTensorBodies:
 
     async def __call__(self, scope, receive, send):
         headers = scope.get("headers", [])
-        if scope["type"] == "http" and any(k == INFERENCE_HEADER_LENGTH.encode() for k, _ in headers):
+        if (scope["type"] == "http" and scope.get("path", "").startswith("/v2/")
+                and any(k == INFERENCE_HEADER_LENGTH.encode() for k, _ in headers)):
             scope = {**scope, "headers": [(k, v) for k, v in headers if k != b"content-type"]
                      + [(b"content-type", b"application/octet-stream")]}
         await self.app(scope, receive, send)
