@@ -1,5 +1,6 @@
 """Handler metrics: recorded per batch in-process, and exported by a real TorchServe's /metrics
 with the names and labels of handlers/metrics.py."""
+import time
 from collections import Counter
 
 import prometheus_client
@@ -54,8 +55,16 @@ def test_torchserve_exports_handler_metrics(torchserve, samples):
         assert requests.post(url, data=png, timeout=30).status_code == 200
     assert requests.post(url, data=b"junk", timeout=30).status_code == 400
     assert requests.post(url, json={"nothing": 1}, timeout=30).status_code == 400
-    after = scrape(torchserve)
     labels = {"ModelName": MODEL_NAME, "ModelVersion": "1.0"}
+    # The frontend reads the worker's metric lines from its output stream, after the answer has
+    # gone: wait until the five handler calls are in (or 30 s), then check every count exactly
+    deadline = time.monotonic() + 30
+    while True:
+        after = scrape(torchserve)
+        handled = value(after, f"{m.STAGE_SECONDS}_count", **labels, stage="handle")
+        if handled - value(before, f"{m.STAGE_SECONDS}_count", **labels, stage="handle") >= 5 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     delta = lambda name, **kw: value(after, name, **labels, **kw) - value(before, name, **labels, **kw)  # noqa: E731
     assert delta(m.PREDICTIONS, label=listed[0]["label"]) == 3
     assert delta(m.REJECTED, reason="invalid_image") == 1

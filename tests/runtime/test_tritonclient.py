@@ -120,3 +120,29 @@ def test_model_config_is_a_clear_not_supported(calls):
     rest, grpc = calls["rest-config"], calls["grpc-config"]
     assert rest["status"] == "404" and "Triton extension this runtime does not serve" in rest["error"], rest
     assert grpc["status"] == "StatusCode.UNIMPLEMENTED", grpc  # a method the standard OIP proto lacks
+
+
+@pytest.mark.parametrize("flags", [[], ["--json"], ["--protocol", "grpc"]], ids=["rest-binary", "rest-json", "grpc"])
+def test_the_command_line_prints_each_images_top_k(runtime, samples, local, flags):
+    out_dir, listed = samples
+    paths = [out_dir / s["file"] for s in listed[:2]]
+    proc = subprocess.run([sys.executable, "-m", "scripts.client.triton", *map(str, paths), "--model", MODEL_NAME,
+                           "--url", runtime.url.removeprefix("http://"), "--grpc-target", runtime.grpc_target, *flags],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2
+    for path, line in zip(paths, lines):
+        top1 = next(iter(local[MODEL_NAME].predict([path.read_bytes()])[0]))
+        assert line.startswith(f"{path}: {top1} ")
+
+
+def test_the_command_line_names_a_refused_image_and_fails(runtime, tmp_path):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"junk")
+    proc = subprocess.run([sys.executable, "-m", "scripts.client.triton", str(junk), "--url",
+                           runtime.url.removeprefix("http://")], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 1 and "image[0]: body is not an image" in proc.stderr, proc.stderr
+    missing = subprocess.run([sys.executable, "-m", "scripts.client.triton", str(tmp_path / "none.png")],
+                             capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert missing.returncode == 2 and "none.png" in missing.stderr
