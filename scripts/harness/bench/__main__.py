@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from handlers.settings import ENV_PREFIX
 from scripts.harness import machine
 from scripts.harness.bench import limit, report, targets
 from scripts.harness.bench.models import BENCH_MODELS
@@ -227,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         "mode": args.mode, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python -m scripts.harness.bench", *map(shlex.quote, argv if argv is not None else sys.argv[1:])]),
         "machine": machine.describe(), "load_average": load_average,
+        # the SERVE_* settings every server and the in-process path inherit (handlers/settings.py)
+        "environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIX)},
         "bench_model": args.bench_model, "model": f"{name}: {model.what}", "images": len(images),
         "duration_s": args.duration, "warmup_s": args.warmup, "repeats": args.repeats,
         "wall_s": round(time.time() - started, 1), "serving_policy": serving.to_dict(),

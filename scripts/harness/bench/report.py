@@ -126,6 +126,8 @@ def markdown(results: dict) -> str:
              f"{results['duration_s']} s per point after a {results['warmup_s']} s warm-up"
              + (f", {repeats} interleaved rounds per point (medians; req/s range over the rounds)" if repeats > 1 else "")
              + "; client and servers share the same cores (loopback)",
+             *([f"- environment: {' '.join(f'{k}={v}' for k, v in results['environment'].items())}"]
+               if results.get("environment") else []),
              *(["- the archive's serving policy (scripts/serve/policy.py): "
                 + ", ".join(f"{k} {v}" for k, v in results["serving_policy"].items())] if results.get("serving_policy") else []),
              f"- servers: {results['servers']}", ""]
