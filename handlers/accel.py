@@ -17,7 +17,7 @@ chosen by the archive step from the model's cost: scripts/serve/policy.py). A sm
 thread per pass: a server runs several requests (and its own frontend) at once, and torch's OpenMP
 threads spin while they wait for each other (on the 2-core machine here a small CNN's pass cost
 40 ms of CPU with 2 threads and 1.25 ms with 1, measured in-process with other work running). A
-large model also runs one thread per pass, in as many passes at once as the machine has cores.
+large model runs one pass at a time on every CPU the container may use (`usable_cpus`).
 """
 from __future__ import annotations
 
