@@ -3,9 +3,7 @@ KServe-native server, in-process benchmarks) wraps this class; it never sees HTT
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +15,8 @@ from handlers.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from handlers.metrics import Observation, Stopwatch
 from handlers.preprocess import (decode_tensors, image_to_uint8, load_image, normalize, open_image,
                                  resize_tensor, tensor_decodable)
-from handlers.spec import WEIGHTS_FILE, ModelSpec
+from handlers.networks import OnnxNetwork, load_network
+from handlers.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -32,49 +31,43 @@ def undecodable(e: Exception) -> InvalidImage:
     return InvalidImage(f"image could not be decoded ({type(e).__name__}: {e})")
 
 
-def import_module_file(path: Path):
-    """Import a network's file shipped at the archive's top level, without touching sys.path."""
-    name = f"_archived_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import network file {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 class ImageClassifier:
-    def __init__(self, net: torch.nn.Module, spec: ModelSpec, device: str | torch.device | None = None,
+    def __init__(self, net: torch.nn.Module | OnnxNetwork, spec: ModelSpec, device: str | torch.device | None = None,
                  max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
                  options: InferenceOptions | None = None):
-        """`options` say where and how to run (handlers/accel.py; default: from SERVE_* in the
-        environment, "auto" = the GPU path when a GPU is present); `device`, when given, wins."""
-        options = options or InferenceOptions.from_env()
-        if device is not None:
-            options = dataclasses.replace(options, device=str(device))
-        self.options: ResolvedOptions = options.resolve(spec.serving)
+        """`net`: a torch network (eager or TorchScript) or an ONNX Runtime session
+        (handlers/networks.py). `options` say where and how to run (handlers/accel.py; default:
+        from SERVE_* in the environment, "auto" = the GPU path when a GPU is present); `device`,
+        when given, wins."""
+        self.options: ResolvedOptions = self.resolve(spec, device, options)
         self.spec = spec
         self.device = self.options.device
         if self.options.torch_threads:
             torch.set_num_threads(self.options.torch_threads)
-        memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
-        self.net = net.to(self.device, dtype=self.options.dtype, memory_format=memory_format).eval()
-        self.forward = torch.compile(self.net) if self.options.compile else self.net
+        if isinstance(net, OnnxNetwork):  # its own threads and layout: fed contiguous fp32
+            self.options = dataclasses.replace(self.options, channels_last=False)
+            self.net = self.forward = net
+        else:
+            memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
+            self.net = net.to(self.device, dtype=self.options.dtype, memory_format=memory_format).eval()
+            self.forward = torch.compile(self.net) if self.options.compile else self.net
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
+
+    @staticmethod
+    def resolve(spec: ModelSpec, device: str | torch.device | None, options: InferenceOptions | None) -> ResolvedOptions:
+        options = options or InferenceOptions.from_env()
+        if device is not None:
+            options = dataclasses.replace(options, device=str(device))
+        return options.resolve(spec.serving)
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str | torch.device | None = None,
              options: InferenceOptions | None = None, **limits) -> "ImageClassifier":
-        """Load from a directory holding model_spec.json, weights.pt and the network's file
+        """Load from a directory holding model_spec.json and the network in the spec's format
         (an unpacked `.mar` or the archive step's staging directory)."""
-        model_dir = Path(model_dir)
-        spec = ModelSpec.load(model_dir)
-        module = import_module_file(model_dir / f"{spec.arch.module}.py")
-        net = getattr(module, spec.arch.cls)(**spec.arch.kwargs)
-        state = torch.load(model_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
+        spec = ModelSpec.load(Path(model_dir))
+        net = load_network(Path(model_dir), spec, cls.resolve(spec, device, options))
         limits = {"max_bytes": spec.max_bytes, "max_pixels": spec.max_pixels, **limits}
         return cls(net, spec, device, options=options, **limits)
 

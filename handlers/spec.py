@@ -12,6 +12,9 @@ from handlers.preprocess import PreprocessSpec
 
 SPEC_FILE = "model_spec.json"
 WEIGHTS_FILE = "weights.pt"
+# How the network travels: eager (the state dict + the network's own file, rebuilt in PyTorch) or
+# exported by model/export.py (a graph that needs no Python class). Each format's file in the archive.
+NETWORK_FILES = {"eager": WEIGHTS_FILE, "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,11 @@ class ModelSpec:
     max_bytes: int = DEFAULT_MAX_BYTES  # per image, after any base64 decoding
     max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard
     serving: ServingPolicy = field(default_factory=ServingPolicy)
+    format: str = "eager"  # a key of NETWORK_FILES
 
     def __post_init__(self):
+        if self.format not in NETWORK_FILES:
+            raise ValueError(f"format must be one of {', '.join(NETWORK_FILES)}, got {self.format!r}")
         if not self.labels:
             raise ValueError("labels must not be empty")
         if self.topk < 1:
@@ -75,7 +81,7 @@ class ModelSpec:
     def to_dict(self) -> dict:
         return {"name": self.name, "version": self.version, "labels": list(self.labels),
                 "topk": self.topk, "max_bytes": self.max_bytes, "max_pixels": self.max_pixels,
-                "preprocess": self.preprocess.to_dict(), "serving": self.serving.to_dict(),
+                "preprocess": self.preprocess.to_dict(), "serving": self.serving.to_dict(), "format": self.format,
                 "arch": {"module": self.arch.module, "class": self.arch.cls,
                          "kwargs": self.arch.kwargs}}
 
@@ -85,13 +91,17 @@ class ModelSpec:
         return cls(name=d["name"], version=str(d["version"]), labels=tuple(d["labels"]),
                    topk=int(d.get("topk", 5)), max_bytes=int(d.get("max_bytes", DEFAULT_MAX_BYTES)),
                    max_pixels=int(d.get("max_pixels", DEFAULT_MAX_PIXELS)), preprocess=PreprocessSpec.from_dict(d["preprocess"]),
-                   serving=ServingPolicy.from_dict(d.get("serving", {})),
+                   serving=ServingPolicy.from_dict(d.get("serving", {})), format=d.get("format", "eager"),
                    arch=ArchSpec(module=a["module"], cls=a["class"], kwargs=dict(a.get("kwargs", {}))))
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / SPEC_FILE
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
+
+    @property
+    def network_file(self) -> str:
+        return NETWORK_FILES[self.format]
 
     @classmethod
     def load(cls, directory: Path) -> "ModelSpec":

@@ -107,6 +107,13 @@ def samples(test_split, tmp_path_factory) -> tuple[Path, list[dict]]:
 
 
 @pytest.fixture(scope="session")
+def images(samples) -> list[bytes]:
+    """The samples' bytes, as clients send them."""
+    out_dir, listed = samples
+    return [(out_dir / s["file"]).read_bytes() for s in listed]
+
+
+@pytest.fixture(scope="session")
 def trained(data_dir, tmp_path_factory) -> Path:
     """A checkpoint from the real training CLI on a subset (seconds, not the full recipe)."""
     out = tmp_path_factory.mktemp("run")

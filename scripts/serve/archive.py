@@ -3,8 +3,11 @@ layout beside it (<out>/config/config.properties + <out>/model-store/<name>.mar)
 
     python -m scripts.serve.archive --checkpoint runs/fashion-mnist/model.pt --model-name fashion-mnist
 
-The archive carries only what serving needs: weights.pt, model_spec.json (labels, preprocessing
-spec, architecture), the network's own file and the handlers package.
+The archive carries only what serving needs: model_spec.json (labels, preprocessing spec,
+architecture, serving policy, format), the handlers package and the network: with `--format
+eager` (the default) weights.pt and the network's own file; with `--format torchscript|onnx` the
+network exported by model/export.py (checked against the eager network first), which TorchServe
+runs through the same handler and the KServe-native runtime through the same model class.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pathlib import Path
 import torch
 
 from handlers.spec import WEIGHTS_FILE, ArchSpec, ModelSpec
-from model import checkpoint, nets
+from model import checkpoint, export, nets
 from scripts.runtime.mar import read_manifest, read_spec
 from scripts.serve import policy
 from handlers.settings import ServingSettings
@@ -52,7 +55,8 @@ class ArchiveError(RuntimeError):
 
 
 def model_spec_from_checkpoint(ckpt: dict, name: str, version: str, topk: int = 5,
-                               model_settings: ModelServingSettings | None = None) -> tuple[ModelSpec, Path, str]:
+                               model_settings: ModelServingSettings | None = None,
+                               fmt: str = "eager") -> tuple[ModelSpec, Path, str]:
     """The spec, the network's file, and why it got its serving policy."""
     model_settings = model_settings or ModelServingSettings()
     arch = nets.ARCHS[ckpt["arch"]["name"]]
@@ -66,33 +70,37 @@ def model_spec_from_checkpoint(ckpt: dict, name: str, version: str, topk: int = 
         why += f", overridden: {', '.join(f'{k}={v}' for k, v in serving.to_dict().items() if getattr(chosen, k) != v)}"
     spec = ModelSpec(name=name, version=version, labels=tuple(ckpt["labels"]), topk=topk,
                      max_bytes=model_settings.max_image_bytes, max_pixels=model_settings.max_image_pixels,
-                     preprocess=preprocess, serving=serving,
+                     preprocess=preprocess, serving=serving, format=fmt,
                      arch=ArchSpec(module=arch.file.stem, cls=arch.cls, kwargs=ckpt["arch"]["kwargs"]))
     return spec, arch.file, why
 
 
-def stage(spec: ModelSpec, state_dict: dict, net_file: Path, staging: Path) -> tuple[Path, Path]:
-    """Lay out the archive's files: returns (weights file, extra-files directory)."""
-    weights = staging / WEIGHTS_FILE
-    torch.save(state_dict, weights)
+def stage(spec: ModelSpec, ckpt: dict, net_file: Path, staging: Path) -> tuple[Path, Path]:
+    """Lay out the archive's files: returns (the network's file, extra-files directory)."""
+    if spec.format == "eager":
+        network = staging / WEIGHTS_FILE
+        torch.save(ckpt["state_dict"], network)
+    else:
+        network, _ = export.export_checkpoint(ckpt, spec.format, staging / "export")
     extra = staging / "extra"
     (extra / "handlers").mkdir(parents=True)
     for src in sorted(HANDLERS_DIR.glob("*.py")):
         if src == HANDLER_ENTRY:  # the archiver puts the entry point at the top level itself
             continue
         shutil.copy2(src, extra / "handlers" / src.name)
-    shutil.copy2(net_file, extra / net_file.name)
+    if spec.format == "eager":  # an exported network needs no Python class
+        shutil.copy2(net_file, extra / net_file.name)
     spec.save(extra)
-    return weights, extra
+    return network, extra
 
 
-def build_mar(spec: ModelSpec, state_dict: dict, net_file: Path, model_store: Path) -> Path:
+def build_mar(spec: ModelSpec, ckpt: dict, net_file: Path, model_store: Path) -> Path:
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="archive-") as tmp:
-        weights, extra = stage(spec, state_dict, net_file, Path(tmp))
+        network, extra = stage(spec, ckpt, net_file, Path(tmp))
         cmd = [sys.executable, "-m", "model_archiver.model_packaging",
                "--model-name", spec.name, "--version", spec.version,
-               "--serialized-file", str(weights), "--handler", str(HANDLER_ENTRY),
+               "--serialized-file", str(network), "--handler", str(HANDLER_ENTRY),
                "--extra-files", str(extra), "--export-path", str(model_store), "--force"]
         # The archiver stages files in $TMPDIR/<model name>: two archives of one name built at the
         # same time (tests beside a benchmark) would share it. Give each run its own.
@@ -179,12 +187,12 @@ def write_config(out: Path, settings: ServingSettings | None = None,
 
 def archive(checkpoint_path: Path, out: Path, name: str, version: str = "1.0", topk: int = 5,
             model_settings: ModelServingSettings | None = None, protocol: str = "native",
-            frontend: FrontendSettings | None = None) -> tuple[Path, Path]:
+            frontend: FrontendSettings | None = None, fmt: str = "eager") -> tuple[Path, Path]:
     model_settings = model_settings or ModelServingSettings()
     ckpt = checkpoint.load(checkpoint_path)
-    spec, net_file, why = model_spec_from_checkpoint(ckpt, name, version, topk, model_settings)
-    log.info("%s v%s: %s: %s", name, version, why, spec.serving)
-    mar = build_mar(spec, ckpt["state_dict"], net_file, out / "model-store")
+    spec, net_file, why = model_spec_from_checkpoint(ckpt, name, version, topk, model_settings, fmt)
+    log.info("%s v%s (%s): %s: %s", name, version, fmt, why, spec.serving)
+    mar = build_mar(spec, ckpt, net_file, out / "model-store")
     # the policy is in the archive now: the config reads it from there (no override twice)
     return mar, write_config(out, model_settings=ModelServingSettings(response_timeout_s=model_settings.response_timeout_s),
                              protocol=protocol, frontend=frontend)
@@ -197,6 +205,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default="1.0")
     p.add_argument("--topk", type=int, default=5, help="labels returned per prediction by default")
     p.add_argument("--out", type=Path, default=Path("build/serve"), help="storage layout root")
+    p.add_argument("--format", choices=["eager", *export.FORMATS], default="eager",
+                   help="eager: the state dict and the network's Python file; torchscript or onnx: the "
+                        "exported network (model/export.py), ONNX run by ONNX Runtime")
     p.add_argument("--policy", choices=["auto", *POLICIES], default="auto",
                    help="serving policy (scripts/serve/policy.py); auto: from the model's FLOPs per image")
     p.add_argument("--workers", type=int, help="forward passes at once (default: the policy's, as below)")
@@ -223,8 +234,8 @@ def main(argv=None) -> int:
                                                    channels_last=None if args.channels_last is None else args.channels_last == "true",
                                                    max_image_bytes=args.max_image_bytes,
                                                    max_image_pixels=args.max_image_pixels),
-                              args.protocol)
-    except (ArchiveError, FileNotFoundError, ValueError, KeyError) as e:
+                              args.protocol, fmt=args.format)
+    except (ArchiveError, export.ExportError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"archive: error: {e}", file=sys.stderr)
         return 2
     print(f"archive: {mar} ({mar.stat().st_size / 1024:.0f} KiB)\nconfig:  {config}")

@@ -101,8 +101,8 @@ def test_torchserve_image_installs_requirements_pins():
     run = next(a for i, a in instructions(images.DOCKERFILES["torchserve"]) if i == "RUN" and "grep" in a)
     pattern = re.search(r"grep -E '([^']+)'", run).group(1)
     pins = [l for l in (REPO / "requirements.txt").read_text().splitlines() if re.search(pattern, l)]
-    assert len(pins) == 4 and f"-eq {len(pins)}" in run, pins
-    assert {p.split("==")[0] for p in pins} == {"torchserve", "pyyaml", "pillow", "numpy"}
+    assert len(pins) == 5 and f"-eq {len(pins)}" in run, pins
+    assert {p.split("==")[0] for p in pins} == {"torchserve", "pyyaml", "pillow", "numpy", "onnxruntime"}
     assert "-c /opt/build/constraints.txt" in run
 
 
@@ -114,9 +114,9 @@ def test_kserve_native_image_holds_only_the_runtime():
     run = next(a for i, a in steps if i == "RUN" and "grep" in a)
     pattern = re.search(r"grep -E '([^']+)'", run).group(1)
     pins = [l for l in (REPO / "requirements.txt").read_text().splitlines() if re.search(pattern, l)]
-    assert len(pins) == 7 and f"-eq {len(pins)}" in run, pins
+    assert len(pins) == 8 and f"-eq {len(pins)}" in run, pins
     assert {p.split("==")[0] for p in pins} == {"pillow", "numpy", "prometheus-client", "grpcio", "kserve",
-                                                "protobuf", "uvloop"}
+                                                "protobuf", "uvloop", "onnxruntime"}
     copied = [a.split()[:-1] for i, a in steps if i == "COPY" and "/opt/build" not in a]
     assert copied == [["handlers/"], ["scripts/__init__.py"],
                       ["scripts/runtime/"]], copied

@@ -37,3 +37,12 @@ def test_the_serving_policy_travels_in_the_spec_and_an_older_spec_gets_the_small
 def test_a_policy_that_cannot_run_is_refused(bad):
     with pytest.raises(ValueError, match="workers and batch_size must be >= 1"):
         ServingPolicy(**bad)
+
+
+def test_the_format_travels_in_the_spec_names_its_file_and_an_unknown_one_is_refused(tmp_path):
+    spec(format="onnx").save(tmp_path)
+    loaded = ModelSpec.load(tmp_path)
+    assert loaded.format == "onnx" and loaded.network_file == "model.onnx"
+    assert spec().network_file == "weights.pt"  # an older spec (no format) is eager
+    with pytest.raises(ValueError, match="format must be one of eager, torchscript, onnx"):
+        spec(format="tflite")

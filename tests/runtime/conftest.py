@@ -41,11 +41,5 @@ def local(store, tmp_path_factory) -> dict[str, ImageClassifier]:
 
 
 @pytest.fixture(scope="session")
-def images(samples) -> list[bytes]:
-    out_dir, listed = samples
-    return [(out_dir / s["file"]).read_bytes() for s in listed]
-
-
-@pytest.fixture(scope="session")
 def chelsea() -> bytes:
     return png_bytes(Image.fromarray(skdata.chelsea()))

@@ -1,6 +1,8 @@
 import json
+import zipfile
 from dataclasses import replace
 
+import pytest
 import torch
 
 from handlers.classifier import ImageClassifier
@@ -19,9 +21,20 @@ def test_mar_holds_exactly_what_serving_needs(unpacked_mar, manifest):
                      "torchserve_handler.py", "handlers/__init__.py", "handlers/classifier.py",
                      "handlers/errors.py", "handlers/inputs.py", "handlers/preprocess.py",
                      "handlers/responses.py", "handlers/limits.py", "handlers/metrics.py",
-                     "handlers/spec.py", "handlers/accel.py", "handlers/settings.py"}
+                     "handlers/spec.py", "handlers/accel.py", "handlers/settings.py", "handlers/networks.py"}
     assert manifest["model"] == {"modelName": MODEL_NAME, "serializedFile": "weights.pt",
                                  "handler": "torchserve_handler.py", "modelVersion": "1.0"}
+
+
+@pytest.mark.parametrize("fmt, network", [("onnx", "model.onnx"), ("torchscript", "model.torchscript.pt")])
+def test_an_exported_archive_holds_the_exported_network_and_no_python_class(trained, tmp_path, fmt, network):
+    mar, _ = archive.archive(trained, tmp_path, "exported", fmt=fmt)
+    with zipfile.ZipFile(mar) as z:
+        names = set(z.namelist())
+        spec = ModelSpec.from_dict(json.loads(z.read("model_spec.json")))
+    assert network in names and not {"weights.pt", "small_cnn.py"} & names, names
+    assert spec.format == fmt and spec.network_file == network
+    assert archive.read_manifest(mar)["model"]["serializedFile"] == network
 
 
 def test_spec_in_the_archive_comes_from_the_checkpoint(unpacked_mar, trained):

@@ -1,0 +1,70 @@
+"""Loading the network in each format an archive may carry, the way both runtimes load it."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from handlers.accel import AccelError, InferenceOptions
+from handlers.networks import OnnxNetwork, load_network
+from handlers.preprocess import PreprocessSpec
+from handlers.spec import ArchSpec, ModelSpec
+from model import export, nets
+
+PRE = PreprocessSpec(height=28, width=28, channels=1, mean=(0.3,), std=(0.4,))
+KWARGS = {"num_classes": 4, "in_channels": 1, "width": 8}
+
+
+@pytest.fixture(scope="module")
+def net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return nets.build("small_cnn", **KWARGS).eval()
+
+
+def staged(net, fmt: str, directory):
+    """A model directory as an unpacked archive holds it, in `fmt`."""
+    spec = ModelSpec(name="m", version="1", labels=tuple("abcd"), preprocess=PRE, format=fmt,
+                     arch=ArchSpec(module="small_cnn", cls="SmallCNN", kwargs=KWARGS))
+    if fmt == "eager":
+        torch.save(net.state_dict(), directory / spec.network_file)
+        (directory / "small_cnn.py").write_text(nets.ARCHS["small_cnn"].file.read_text())
+    else:
+        export.export_network(net, PRE, fmt, directory / spec.network_file)
+    return spec
+
+
+@pytest.mark.parametrize("fmt", ["eager", "torchscript", "onnx"])
+def test_every_format_loads_to_the_same_logits_for_any_batch_size(net, fmt, tmp_path):
+    spec = staged(net, fmt, tmp_path)
+    loaded = load_network(tmp_path, spec, InferenceOptions(device="cpu").resolve(spec.serving))
+    assert isinstance(loaded, OnnxNetwork) == (fmt == "onnx")
+    for n in (1, 3, 17):  # the batch dimension is dynamic in every export
+        x = torch.randn(n, 1, 28, 28)
+        with torch.inference_mode():
+            assert torch.allclose(loaded(x), net(x), atol=1e-5)
+
+
+def test_an_onnx_session_takes_the_resolved_thread_count(net, tmp_path):
+    spec = staged(net, "onnx", tmp_path)
+    options = InferenceOptions(device="cpu", torch_threads=3).resolve(spec.serving)
+    session = load_network(tmp_path, spec, options).session
+    assert session.get_session_options().intra_op_num_threads == 3
+
+
+@pytest.mark.parametrize("change, named", [({"dtype": torch.float16}, "float16"), ({"compile": True}, "compiled"),
+                                           ({"device": torch.device("cuda")}, "cuda")])
+def test_an_onnx_archive_refuses_what_onnx_runtime_here_cannot_do(net, tmp_path, change, named):
+    """fp16, torch.compile and a GPU are eager paths: asking for them with an ONNX archive is an
+    error that names the choice, never a silent fp32 CPU run (the GPU is a stand-in here: no
+    device is built, only the resolved option)."""
+    spec = staged(net, "onnx", tmp_path)
+    options = dataclasses.replace(InferenceOptions(device="cpu").resolve(spec.serving), **change)
+    with pytest.raises(AccelError, match=named):
+        load_network(tmp_path, spec, options)
+
+
+def test_a_torchscript_archive_refuses_torch_compile(net, tmp_path):
+    spec = staged(net, "torchscript", tmp_path)
+    with pytest.raises(AccelError, match="TorchScript"):
+        load_network(tmp_path, spec, InferenceOptions(device="cpu", compile=True).resolve(spec.serving))
