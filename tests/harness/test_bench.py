@@ -64,7 +64,8 @@ def pt(target, c, rps, p50):
 def test_ratios_are_taken_within_the_run_at_the_same_concurrency():
     points = [pt("in-process", 1, 1000, 1.0), pt("fastapi-baseline", 1, 500, 2.0), pt("fastapi-baseline", 8, 800, 9.0),
               pt("fastapi-1-thread", 8, 1000, 8.0),
-              pt("kserve-rest", 1, 400, 2.5), pt("kserve-rest", 8, 880, 8.0), pt("torchserve-rest", 8, 360, 20.0)]
+              pt("kserve-rest", 1, 400, 2.5), pt("kserve-rest", 8, 880, 8.0), pt("torchserve-rest", 8, 360, 20.0),
+              pt("in-process-onnx", 1, 1490, 0.7), pt("kserve-rest-onnx", 8, 2000, 4.0)]
     report.add_ratios(points)
     index = report.by_key(points)
     assert index[("kserve-rest", 8)]["x_baseline"] == 1.1
@@ -73,8 +74,12 @@ def test_ratios_are_taken_within_the_run_at_the_same_concurrency():
     assert index[("kserve-rest", 8)]["x_inprocess"] == 0.88
     assert index[("kserve-rest", 1)]["p50_added_ms"] == 1.5
     # kserve: 1.1× the baseline (met) but 0.88× the 1-thread one (missed); torchserve 0.45× and
-    # 0.36× (both missed); p50 added 1.5 ms (met)
-    assert [x["met"] for x in report.verdicts(points)] == [True, False, False, False, True]
+    # 0.36× (both missed); ONNX Runtime in-process 1.49× the eager pipeline (missed), the runtime on
+    # ONNX 2.5× the baseline (met); p50 added 1.5 ms (met)
+    checks = report.verdicts(points)
+    assert [x["met"] for x in checks] == [True, False, False, False, False, True, True]
+    assert [x["value"] for x in checks[4:6]] == [1.49, 2.5]
+    assert checks[4]["check"] == "in-process-onnx throughput ≥ 1.5× in-process at concurrency 1"
     slow = [dict(p) for p in points]
     report.by_key(slow)[("kserve-rest", 1)]["p50_ms"] = 3.5  # 2.5 ms over in-process: misses
     report.add_ratios(slow)
@@ -110,8 +115,9 @@ def test_a_short_run_through_every_path(trained, data_dir, tmp_path):
     assert code == 0
     results = json.loads((out / "bench.json").read_text())
     got = {(p["target"], p["concurrency"]) for p in results["points"]}
-    servers = ("fastapi-baseline", "fastapi-1-thread", "kserve-rest", "kserve-grpc", "torchserve-rest", "torchserve-grpc")
-    assert got == {("in-process", 1)} | {(t, c) for t in servers for c in (1, 4)}
+    servers = ("fastapi-baseline", "fastapi-1-thread", "kserve-rest", "kserve-grpc", "torchserve-rest", "torchserve-grpc",
+               "kserve-rest-onnx", "kserve-grpc-onnx", "torchserve-rest-onnx")
+    assert got == {("in-process", 1), ("in-process-onnx", 1)} | {(t, c) for t in servers for c in (1, 4)}
     for p in results["points"]:
         assert p["errors"] == 0 and p["wrong"] == 0, p
         assert p["requests"] > 0 and p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"], p
@@ -119,8 +125,9 @@ def test_a_short_run_through_every_path(trained, data_dir, tmp_path):
         assert p["x_baseline"] > 0 and p["x_baseline_1t"] > 0 and p["x_inprocess"] > 0
     assert [b["batch"] for b in results["inprocess_batches"]] == [1, 4]
     # concurrency 8 was not measured: its targets are reported as not met, never as passed
-    assert [(v["value"] is None, v["met"]) for v in results["verdicts"][:4]] == [(True, False)] * 4
-    assert results["verdicts"][4]["value"] is not None
+    checks = results["verdicts"]
+    assert [(v["value"] is None, v["met"]) for v in checks if "concurrency 8" in v["check"]] == [(True, False)] * 5
+    assert all(v["value"] is not None for v in checks if "concurrency 8" not in v["check"])
     md = (out / "bench.md").read_text()
     assert "| kserve-grpc | 4 |" in md and results["machine"]["cpu"] in md
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -169,10 +176,11 @@ def test_a_difference_inside_the_spread_is_not_a_verdict(target, base, verdict):
 
 def test_real_size_targets_and_the_share_of_the_limit():
     points = [pt("fastapi-baseline", 1, 40, 25), pt("fastapi-baseline", 8, 43, 180),
-              pt("kserve-rest", 1, 44, 22), pt("kserve-rest", 8, 70, 110), pt("torchserve-rest", 8, 40, 200)]
+              pt("kserve-rest", 1, 44, 22), pt("kserve-rest", 8, 70, 110), pt("torchserve-rest", 8, 40, 200),
+              pt("kserve-rest-onnx", 1, 30, 30), pt("kserve-rest-onnx", 8, 66, 120), pt("torchserve-rest-onnx", 8, 50, 160)]
     report.add_ratios(points, {"end_to_end_images_per_s": 80.0})
     checks = {v["check"]: v for v in report.verdicts(points, "resnet50")}
-    assert [v["met"] for v in checks.values()] == [True, True, False, True]
+    assert [v["met"] for v in checks.values()] == [True, True, False, False, True, True, True]
     assert checks["kserve-rest throughput ≥ 1.5× the baseline at concurrency 8"]["value"] == pytest.approx(1.628, abs=1e-3)
     best = checks["best served path (kserve-rest) ≥ 0.8× the in-process limit at concurrency 8"]
     assert best["value"] == 0.875 and best["verdict"] == "MET"  # 70 of 80 images/s
@@ -190,8 +198,9 @@ def test_the_limit_sweeps_batch_threads_and_memory_format(tmp_path):
     threads = torch.get_num_threads()
     result = limit.sweep(ckpt, _pngs(4), batches=(1, 4), threads=(1, 2), seconds=0.05)
     assert torch.get_num_threads() == threads  # the process' setting is restored
-    assert {(r["batch"], r["threads"], r["channels_last"]) for r in result["rows"]} == \
-        {(b, t, c) for b in (1, 4) for t in (1, 2) for c in (False, True)}
+    assert [(r["batch"], r["threads"], r["channels_last"], r["onnx"]) for r in result["rows"]] == \
+        [(b, t, c, False) for t in (1, 2) for c in (False, True) for b in (1, 4)] + \
+        [(b, t, False, True) for t in (1, 2) for b in (1, 4)]  # ONNX Runtime: its own layout
     assert all(r["images_per_s"] > 0 for r in result["rows"])
     assert result["best"]["images_per_s"] == max(r["images_per_s"] for r in result["rows"])
     assert 0 < result["end_to_end_images_per_s"] < result["best"]["images_per_s"]
@@ -233,10 +242,14 @@ def test_a_short_real_size_run_with_rounds_and_the_limit(data_dir, tmp_path):
         assert p["repeats"] == 2 and p["errors"] == 0 and p["wrong"] == 0, p
         assert p["throughput_min"] <= p["throughput_rps"] <= p["throughput_max"]
         assert 0 < p["x_limit"]
-    assert {(r["batch"], r["threads"]) for r in results["limit"]["rows"]} == {(b, t) for b in (1, 8, 32) for t in (1, 2)}
-    # concurrency 8 was not measured: those checks are misses, the one at concurrency 1 has a value
-    assert [(v["check"].endswith("concurrency 1"), v["value"] is not None) for v in results["verdicts"]] == \
-        [(True, True), (False, False), (False, False)]
+    assert {(r["batch"], r["threads"], r["onnx"]) for r in results["limit"]["rows"]} == \
+        {(b, t, onnx) for b in (1, 8, 32) for t in (1, 2) for onnx in (False, True)}
+    # concurrency 8 was not measured, nor the ONNX archive: those checks are misses; the eager
+    # runtime's at concurrency 1 has a value
+    assert [(v["check"], v["value"] is not None) for v in results["verdicts"]][:2] == \
+        [("kserve-rest throughput ≥ 1.0× the baseline at concurrency 1", True),
+         ("kserve-rest throughput ≥ 1.5× the baseline at concurrency 8", False)]
+    assert [v["value"] for v in results["verdicts"][2:]] == [None] * 4
     md = (out / "bench-imagenet.md").read_text()
     assert "EfficientNet-Lite0" in md and "× limit" in md and "The machine's limit" in md
     assert (out / "bench-imagenet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,6 +1,7 @@
 """`make bench`: the same model and images through (a) the handler in-process, (b) TorchServe REST,
 (c) TorchServe gRPC, (d) the KServe-native runtime over REST and gRPC, and (e) a FastAPI baseline
-written the way people write one today; concurrency levels, batch settings, throughput and
+written the way people write one today; the `-onnx` targets run (a), (b) and (d) on the same
+checkpoint archived as ONNX (ONNX Runtime: model/export.py); concurrency levels, batch settings, throughput and
 p50/p95/p99, ratios to (a) and (e) from the same run. Loopback only, bounded in time: each point
 runs `--duration` seconds after a warm-up. Writes <out>/bench.{json,md,png} (other models than the
 default: bench-<model>.*).
@@ -42,7 +43,8 @@ from scripts.serve.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL, ModelServi
 
 # The serving paths, by name (--targets); the in-process one is measured one request at a time.
 TARGETS = ("in-process", "fastapi-baseline", "fastapi-1-thread", "kserve-rest", "kserve-grpc", "torchserve-rest",
-           "torchserve-grpc")
+           "torchserve-grpc", "in-process-onnx", "kserve-rest-onnx", "kserve-grpc-onnx", "torchserve-rest-onnx")
+ONNX = "-onnx"  # the suffix of the targets (and the served name) of the ONNX archive
 
 
 def inprocess_batches(classifier, images: list[bytes], sizes: list[int], seconds: float) -> list[dict]:
@@ -146,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         serving = read_spec(mar).serving
         classifier = on_torch(targets.load_inprocess, mar, work / "unpacked")
         expected = [next(iter(on_torch(classifier.predict, [img])[0])) for img in images]
+        onnx = any(t.endswith(ONNX) for t in args.targets)
+        if onnx:  # beside the eager archive in the same store: every server serves both
+            onnx_mar, _ = on_torch(archive.archive, checkpoint, store, name + ONNX, fmt="onnx")
+            onnx_classifier = on_torch(targets.load_inprocess, onnx_mar, work / "unpacked-onnx")
         limit_result = on_torch(limit.sweep, checkpoint, images, seconds=args.duration / 2) if args.limit else None
         results_batches = (on_torch(inprocess_batches, classifier, images, args.inprocess_batches, args.duration / 2)
                            if "in-process" in args.targets else [])
@@ -156,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             if "in-process" in args.targets:
                 # one request at a time: the pipeline's own cost, the floor the servers add to
                 plan.append(("in-process", targets.inprocess_client(classifier, images, on_torch), [1], None, expected))
+            if "in-process-onnx" in args.targets:
+                plan.append(("in-process-onnx", targets.inprocess_client(onnx_classifier, images, on_torch), [1], None,
+                             expected))
             for target, threads in (("fastapi-baseline", None), ("fastapi-1-thread", 1)):
                 if target in args.targets:
                     base = stack.enter_context(targets.Stopper(
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                         notes.append(f"{target}: top-1 differs from the handler's on {sum(a != b for a, b in zip(own, expected))} "
                                      f"of {len(images)} images (torchvision's resizing); checked against its own answers")
                     plan.append((target, client, levels, base, own))
-            if {"kserve-rest", "kserve-grpc"} & set(args.targets):
+            if {"kserve-rest", "kserve-grpc", "kserve-rest-onnx", "kserve-grpc-onnx"} & set(args.targets):
                 rt = stack.enter_context(targets.Stopper(
                     targets.start_kserve(store, work / "kserve", tuple(shlex.split(args.kserve_args)))))
                 servers.append(f"KServe-native runtime: scripts/runtime/ {args.kserve_args}(REST raw bytes on the "
@@ -181,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
                     plan.append(("kserve-rest", targets.kserve_rest_client(rt, name, images), levels, rt, expected))
                 if "kserve-grpc" in args.targets:
                     plan.append(("kserve-grpc", targets.kserve_grpc_client(rt, name, images), levels, rt, expected))
-            if {"torchserve-rest", "torchserve-grpc"} & set(args.targets):
+                for client in (targets.kserve_rest_client, targets.kserve_grpc_client):
+                    target = ("kserve-rest" if client is targets.kserve_rest_client else "kserve-grpc") + ONNX
+                    if target in args.targets:
+                        plan.append((target, client(rt, name + ONNX, images), levels, rt, expected))
+            if {"torchserve-rest", "torchserve-grpc", "torchserve-rest-onnx"} & set(args.targets):
                 variants = [(None, None)] + [(size, delay) for size, delay in args.torchserve_batch
                                              if (size, delay) != (serving.batch_size, serving.max_batch_delay_ms)]
                 for n, (size, delay) in enumerate(variants):
@@ -198,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                     if "torchserve-grpc" in args.targets:
                         plan.append((f"torchserve-grpc{suffix}", targets.torchserve_grpc_client(ts, name, images), levels, ts,
                                      expected))
+                    if n == 0 and "torchserve-rest-onnx" in args.targets:
+                        plan.append(("torchserve-rest-onnx", targets.torchserve_rest_client(ts, name + ONNX, images), levels,
+                                     ts, expected))
 
             total = args.repeats * sum(len(step[2]) for step in plan)
             with tqdm(total=total, desc=f"bench {args.bench_model}", unit="point") as bar:

@@ -1,15 +1,17 @@
 """The machine's limit for a model: the best in-process throughput of its network (images per
-second through the forward pass, preprocessed tensors in), swept over batch size × torch threads ×
-memory format (contiguous, channels_last), optionally × torch.compile; and what decoding and
+second through the forward pass, preprocessed tensors in), swept over batch size × threads ×
+memory format (contiguous, channels_last), optionally × torch.compile, and the network exported
+to ONNX and run by ONNX Runtime (model/export.py, as an ONNX archive runs); and what decoding and
 preprocessing one request's image costs on one thread, through the handler's own code. A served
 path is judged against this: no server can beat the forward pass it runs.
 
-    python -m scripts.harness.bench.limit --bench-model imagenet [--compile] [--out docs/bench]
+    python -m scripts.harness.bench.limit --bench-model imagenet [--compile] [--no-onnx] [--out docs/bench]
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import tempfile
@@ -19,8 +21,10 @@ from pathlib import Path
 
 import torch
 
+from handlers.accel import InferenceOptions
+from handlers.networks import OnnxNetwork
 from handlers.preprocess import bytes_to_tensor
-from model import checkpoint
+from model import checkpoint, export
 from scripts.harness import machine
 from scripts.harness.bench.models import BENCH_MODELS
 from scripts.serve.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL
@@ -32,10 +36,14 @@ class Setting:
     threads: int
     channels_last: bool
     compiled: bool = False
+    onnx: bool = False  # ONNX Runtime (its own layout: channels_last does not apply)
+
+    def engine(self) -> str:
+        return "ONNX Runtime" if self.onnx else "torch.compile" if self.compiled else "eager"
 
     def label(self) -> str:
-        return (f"batch {self.batch}, {self.threads} thread{'s' if self.threads > 1 else ''}, "
-                f"{'channels_last' if self.channels_last else 'contiguous'}{', compiled' if self.compiled else ''}")
+        layout = "" if self.onnx else f", {'channels_last' if self.channels_last else 'contiguous'}"
+        return f"batch {self.batch}, {self.threads} thread{'s' if self.threads > 1 else ''}{layout}, {self.engine()}"
 
 
 @contextlib.contextmanager
@@ -49,11 +57,11 @@ def torch_threads(n: int):
         torch.set_num_threads(previous)
 
 
-def forward_rate(net: torch.nn.Module, x: torch.Tensor, s: Setting, seconds: float) -> float:
+def forward_rate(net: torch.nn.Module | OnnxNetwork, x: torch.Tensor, s: Setting, seconds: float) -> float:
     """Images per second of `net` on batches of `s.batch` copies drawn from `x`, after a warm-up."""
     with torch_threads(s.threads):
         fmt = torch.channels_last if s.channels_last else torch.contiguous_format
-        model = net.to(memory_format=fmt)
+        model = net.to(memory_format=fmt) if isinstance(net, torch.nn.Module) else net
         if s.compiled:
             model = torch.compile(model)
         batch = x[torch.arange(s.batch) % len(x)].contiguous(memory_format=fmt)
@@ -67,6 +75,13 @@ def forward_rate(net: torch.nn.Module, x: torch.Tensor, s: Setting, seconds: flo
         return n * s.batch / elapsed
 
 
+def onnx_rate(path: Path, x: torch.Tensor, s: Setting, seconds: float) -> float:
+    """The same measure for the ONNX export, in a session configured as an ONNX archive's."""
+    with torch_threads(s.threads):
+        net = OnnxNetwork(path, InferenceOptions(device="cpu", torch_threads=s.threads).resolve())
+        return forward_rate(net, x, dataclasses.replace(s, channels_last=False), seconds)
+
+
 def preprocess_seconds(images: list[bytes], spec, rounds: int = 3) -> float:
     """Seconds to decode and preprocess one image (the handler's PIL path, one thread)."""
     with torch_threads(1):
@@ -78,12 +93,18 @@ def preprocess_seconds(images: list[bytes], spec, rounds: int = 3) -> float:
 
 
 def sweep(ckpt_path: Path, images: list[bytes], batches=(1, 8, 32), threads=(1, 2), compiled=(False,),
-          seconds: float = 2.0) -> dict:
+          seconds: float = 2.0, onnx: bool = True) -> dict:
     ckpt = checkpoint.load(ckpt_path)
     net, spec = checkpoint.build_net(ckpt), checkpoint.preprocess_spec(ckpt)
     x = torch.stack([bytes_to_tensor(b, spec) for b in images])
     settings = [Setting(b, t, last, c) for c in compiled for t in threads for last in (False, True) for b in batches]
     rows = [{**asdict(s), "images_per_s": round(forward_rate(net, x, s, seconds), 1)} for s in settings]
+    if onnx:
+        with tempfile.TemporaryDirectory(prefix="limit-onnx-") as tmp:
+            path, _ = export.export_checkpoint(ckpt, "onnx", Path(tmp))
+            ort = [Setting(b, t, False, onnx=True) for t in threads for b in batches]
+            rows += [{**asdict(s), "images_per_s": round(onnx_rate(path, x, s, seconds), 1)} for s in ort]
+            settings += ort
     best = max(range(len(rows)), key=lambda k: rows[k]["images_per_s"])
     pre = preprocess_seconds(images, spec)
     return {"rows": rows, "best": rows[best], "best_setting": settings[best].label(),
@@ -94,9 +115,13 @@ def sweep(ckpt_path: Path, images: list[bytes], batches=(1, 8, 32), threads=(1, 
 
 def table(result: dict) -> list[str]:
     """The sweep as Markdown table lines (here and in the bench report)."""
-    return ["| batch | threads | memory format | compiled | images/s (forward) |", "| --- | --- | --- | --- | --- |",
-            *(f"| {r['batch']} | {r['threads']} | {'channels_last' if r['channels_last'] else 'contiguous'} "
-              f"| {'yes' if r['compiled'] else 'no'} | {r['images_per_s']} |" for r in result["rows"])]
+    def engine(r: dict) -> str:
+        return Setting(**{k: r.get(k, False) for k in ("batch", "threads", "channels_last", "compiled", "onnx")}).engine()
+
+    return ["| engine | batch | threads | memory format | images/s (forward) |", "| --- | --- | --- | --- | --- |",
+            *(f"| {engine(r)} | {r['batch']} | {r['threads']} | "
+              f"{'–' if r.get('onnx') else 'channels_last' if r['channels_last'] else 'contiguous'} "
+              f"| {r['images_per_s']} |" for r in result["rows"])]
 
 
 def markdown(name: str, what: str, result: dict) -> str:
@@ -115,6 +140,7 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--compile", action="store_true", help="also measure each setting under torch.compile")
+    p.add_argument("--no-onnx", dest="onnx", action="store_false", help="leave out ONNX Runtime")
     p.add_argument("--seconds", type=float, default=2.0, help="measured seconds per setting")
     p.add_argument("--out", type=Path, default=Path("docs/bench"))
     args = p.parse_args(argv)
@@ -129,7 +155,7 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
         result = sweep(ckpt, model.images(args.data_dir, 32), args.batches, args.threads,
-                       (False, True) if args.compile else (False,), args.seconds)
+                       (False, True) if args.compile else (False,), args.seconds, args.onnx)
     result |= {"model": args.bench_model, "what": model.what, "machine": machine.describe(),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "command": " ".join(["python -m scripts.harness.bench.limit", *(argv if argv is not None else sys.argv[1:])])}
