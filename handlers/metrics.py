@@ -16,6 +16,7 @@ BATCH_SIZE = "image_handler_batch_size"  # histogram: images per forward pass
 PREDICTIONS = "image_handler_predictions_total"  # counter; label: the top-1 class
 REJECTED = "image_handler_rejected_total"  # counter; reason: InputError.reason
 MODEL_LOAD_SECONDS = "image_handler_model_load_seconds"  # gauge
+MODEL_INFO = "image_handler_model_info"  # gauge, always 1; format, run_id (the registry's training run or "")
 STAGES = ("preprocess", "inference", "postprocess", "handle")
 
 # Labels TorchServe's frontend adds to every handler metric; the KServe runtime sets them too.
@@ -45,6 +46,12 @@ class Stopwatch:
             self.obs.seconds[self.stage] = self.obs.seconds.get(self.stage, 0.0) + time.perf_counter() - self.start
 
 
+def info_labels(spec) -> dict[str, str]:
+    """What MODEL_INFO says about a ModelSpec: its network's format and the training run the
+    registry gave it (model_spec.json "source"; "" for an archive built from a checkpoint file)."""
+    return {"format": spec.format, "run_id": spec.source.get("run_id", "")}
+
+
 class TorchServeMetrics:
     """Writes an Observation to TorchServe's metrics cache (`context.metrics`)."""
 
@@ -59,8 +66,9 @@ class TorchServeMetrics:
         dims = [self.dim("ModelVersion", self.version)] + [self.dim(k, str(v)) for k, v in labels.items()]
         self.cache.add_metric(name, value, unit, None, dims, metric_type)
 
-    def model_loaded(self, seconds: float) -> None:
+    def model_loaded(self, seconds: float, spec) -> None:
         self._add(MODEL_LOAD_SECONDS, seconds, "s", self.types.GAUGE)
+        self._add(MODEL_INFO, 1, "count", self.types.GAUGE, **info_labels(spec))
 
     def record(self, obs: Observation) -> None:
         for stage, seconds in obs.seconds.items():
@@ -90,12 +98,15 @@ class PrometheusMetrics:
                 PREDICTIONS: pc.Counter(PREDICTIONS.removesuffix("_total"), "Predictions by top-1 class", BASE_LABELS + ("label",), **kw),
                 REJECTED: pc.Counter(REJECTED.removesuffix("_total"), "Rejected inputs by reason", BASE_LABELS + ("reason",), **kw),
                 MODEL_LOAD_SECONDS: pc.Gauge(MODEL_LOAD_SECONDS, "Model load time (s)", BASE_LABELS, **kw),
+                MODEL_INFO: pc.Gauge(MODEL_INFO, "The served archive: network format and training run (1)",
+                                     BASE_LABELS + ("format", "run_id"), **kw),
             }
         self.f = self._families[key]
         self.base = {"ModelName": model, "ModelVersion": version, "Level": "Model", "Hostname": socket.gethostname()}
 
-    def model_loaded(self, seconds: float) -> None:
+    def model_loaded(self, seconds: float, spec) -> None:
         self.f[MODEL_LOAD_SECONDS].labels(**self.base).set(seconds)
+        self.f[MODEL_INFO].labels(**self.base, **info_labels(spec)).set(1)
 
     def record(self, obs: Observation) -> None:
         for stage, seconds in obs.seconds.items():

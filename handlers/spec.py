@@ -66,6 +66,8 @@ class ModelSpec:
     max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard
     serving: ServingPolicy = field(default_factory=ServingPolicy)
     format: str = "eager"  # a key of NETWORK_FILES
+    # where the weights came from, when a registry gave them: registry, name, version, run_id, alias
+    source: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.format not in NETWORK_FILES:
@@ -82,6 +84,7 @@ class ModelSpec:
         return {"name": self.name, "version": self.version, "labels": list(self.labels),
                 "topk": self.topk, "max_bytes": self.max_bytes, "max_pixels": self.max_pixels,
                 "preprocess": self.preprocess.to_dict(), "serving": self.serving.to_dict(), "format": self.format,
+                **({"source": dict(self.source)} if self.source else {}),
                 "arch": {"module": self.arch.module, "class": self.arch.cls,
                          "kwargs": self.arch.kwargs}}
 
@@ -92,6 +95,7 @@ class ModelSpec:
                    topk=int(d.get("topk", 5)), max_bytes=int(d.get("max_bytes", DEFAULT_MAX_BYTES)),
                    max_pixels=int(d.get("max_pixels", DEFAULT_MAX_PIXELS)), preprocess=PreprocessSpec.from_dict(d["preprocess"]),
                    serving=ServingPolicy.from_dict(d.get("serving", {})), format=d.get("format", "eager"),
+                   source=dict(d.get("source", {})),
                    arch=ArchSpec(module=a["module"], cls=a["class"], kwargs=dict(a.get("kwargs", {}))))
 
     def save(self, directory: Path) -> Path:

@@ -50,9 +50,10 @@ class TorchServeImageClassifier:
         spec = self.classifier.spec
         self.metrics = TorchServeMetrics(context.metrics, spec.version) if context.metrics else None
         if self.metrics:
-            self.metrics.model_loaded(time.perf_counter() - start)
+            self.metrics.model_loaded(time.perf_counter() - start, spec)
         self.initialized = True
-        log.info("loaded %s v%s on %s (%d classes)", spec.name, spec.version, device, len(spec.labels))
+        log.info("loaded %s v%s (%s%s) on %s (%d classes)", spec.name, spec.version, spec.format,
+                 f", training run {spec.source['run_id']}" if spec.source.get("run_id") else "", device, len(spec.labels))
 
     def _reply(self, context, idx: int, status: int, phrase: str) -> None:
         context.set_response_status(status, phrase, idx)

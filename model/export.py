@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import logging
 import sys
@@ -27,9 +28,9 @@ import torch
 
 from handlers import networks
 from handlers.accel import InferenceOptions
-from handlers.preprocess import PreprocessSpec
+from handlers.preprocess import PreprocessSpec, normalize
 from handlers.spec import NETWORK_FILES
-from model import checkpoint
+from model import checkpoint, data, presets
 
 log = logging.getLogger("export")
 for _chatty in ("onnxscript", "onnx_ir"):  # the ONNX exporter's passes log every step at INFO
@@ -117,11 +118,6 @@ def dataset_images(ckpt: dict, data_dir: Path | None, n: int) -> torch.Tensor | 
     """The first `n` test images of the checkpoint's own dataset, normalized as served."""
     if data_dir is None:
         return None
-    import itertools
-
-    from handlers.preprocess import normalize
-    from model import data, presets
-
     dataset = ckpt["args"].get("dataset")
     if dataset not in data.DATASETS:
         raise ExportError(f"--data-dir: the checkpoint was not trained on a known dataset ({dataset!r})")

@@ -2,11 +2,14 @@
 in ./mlruns/artifacts, or MLFLOW_TRACKING_URI; MLflow 3 refuses plain file stores), a server
 with --mlflow-uri, nothing with --no-mlflow. Training logs the
 run's parameters, per-epoch metrics, the split manifest, the evaluation report with its plots,
-and the model checkpoint."""
+and the model checkpoint, and registers the checkpoint as a new version in the model registry
+(model/registry.py)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from model import registry
 
 
 class NoTracking:
@@ -16,6 +19,7 @@ class NoTracking:
     def params(self, params: dict) -> None: ...
     def metrics(self, metrics: dict, step: int | None = None) -> None: ...
     def artifact(self, path: Path, folder: str | None = None) -> None: ...
+    def register(self, name: str) -> str | None: ...
     def end(self, status: str = "FINISHED") -> None: ...
 
     def __enter__(self):
@@ -31,6 +35,9 @@ class MlflowTracking(NoTracking):
 
         self.mlflow = mlflow
         self.uri = uri
+        # mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI for the whole process: end() puts
+        # it back, so a later run in the same process (a test, a notebook) finds its own default
+        self.env_before = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)
         if mlflow.get_experiment_by_name(experiment) is None:
             root = artifact_root(uri)
@@ -49,8 +56,16 @@ class MlflowTracking(NoTracking):
         if Path(path).exists():
             self.mlflow.log_artifact(str(path), artifact_path=folder)
 
+    def register(self, name: str) -> str:
+        """A new version of registered model `name` from this run's checkpoint (logged first)."""
+        return registry.register(self.uri, name, self.run_id)
+
     def end(self, status: str = "FINISHED") -> None:
         self.mlflow.end_run(status=status)
+        if self.env_before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = self.env_before
 
 
 def default_uri() -> str:

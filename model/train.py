@@ -304,6 +304,9 @@ class Run:
             if artifact:
                 tracker.artifact(artifact)
         tracker.artifact(path, "model")
+        if a.register and tracker.uri:
+            version = tracker.register(a.registered_model)
+            print(f"registered: models:/{a.registered_model}/{version}")
         print(f"checkpoint: {path}\nreport: {a.output_dir / ('report.md' if a.report else 'eval.json')}")
         if tracker.uri:
             print(f"MLflow run {tracker.run_id} in {tracker.uri} (browse: mlflow ui --backend-store-uri {tracker.uri})")
@@ -381,6 +384,7 @@ def main(argv=None) -> dict:
     if resume_state is not None:
         run.resume(args.resume, resume_state)
     experiment = args.experiment or run.source.get("dataset") or Path(args.image_folder or args.csv).stem
+    args.registered_model = args.registered_model or experiment
     with tracking.start(args.mlflow, args.mlflow_uri, experiment, run_name=args.output_dir.name) as tracker:
         tracker.params({**vars(args), "preprocess": spec.to_dict(), "augment_preset": repr(augment), "train_images": len(train),
                         "val_images": len(val) if val else 0, "test_images": len(test)})

@@ -87,6 +87,11 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the local ./mlruns store)")
     r.add_argument("--experiment", default=None, help="MLflow experiment (default: the data source's name)")
     r.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not track the run")
+    r.add_argument("--registered-model", default=None,
+                   help="the tracked run's checkpoint becomes a new version of this registered model "
+                        "(default: the experiment's name)")
+    r.add_argument("--no-register", dest="register", action="store_false",
+                   help="track the run but register no model version")
     return p
 
 

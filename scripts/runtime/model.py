@@ -118,7 +118,7 @@ class MarModel(Model):
         self.classifier = self.batcher.on_worker(0, ImageClassifier.load, self.model_dir, device=self.device)
         # the handler metrics TorchServe exports, same names and labels (handlers/metrics.py)
         self.metrics = PrometheusMetrics(self.name, self.version)
-        self.metrics.model_loaded(time.perf_counter() - started)
+        self.metrics.model_loaded(time.perf_counter() - started, spec)
         self.batcher.mean_s = max(self.batcher.on_worker(n, self.warm_up) for n in range(serving.workers))
         if (self.classifier.options.torch_threads or 1) == 1:  # more: the passes stay on their thread
             self.batcher.inline_below_s = self.inline_below_ms / 1000

@@ -2,6 +2,7 @@
 layout beside it (<out>/config/config.properties + <out>/model-store/<name>.mar).
 
     python -m scripts.serve.archive --checkpoint runs/fashion-mnist/model.pt --model-name fashion-mnist
+    python -m scripts.serve.archive --from-registry models:/fashion-mnist@champion --registry-uri URI
 
 The archive carries only what serving needs: model_spec.json (labels, preprocessing spec,
 architecture, serving policy, format), the handlers package and the network: with `--format
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from handlers.spec import WEIGHTS_FILE, ArchSpec, ModelSpec
-from model import checkpoint, export, nets
+from model import checkpoint, export, nets, registry, tracking
 from scripts.runtime.mar import read_manifest, read_spec
 from scripts.serve import policy
 from handlers.settings import ServingSettings
@@ -56,7 +57,7 @@ class ArchiveError(RuntimeError):
 
 def model_spec_from_checkpoint(ckpt: dict, name: str, version: str, topk: int = 5,
                                model_settings: ModelServingSettings | None = None,
-                               fmt: str = "eager") -> tuple[ModelSpec, Path, str]:
+                               fmt: str = "eager", source: dict | None = None) -> tuple[ModelSpec, Path, str]:
     """The spec, the network's file, and why it got its serving policy."""
     model_settings = model_settings or ModelServingSettings()
     arch = nets.ARCHS[ckpt["arch"]["name"]]
@@ -70,7 +71,7 @@ def model_spec_from_checkpoint(ckpt: dict, name: str, version: str, topk: int = 
         why += f", overridden: {', '.join(f'{k}={v}' for k, v in serving.to_dict().items() if getattr(chosen, k) != v)}"
     spec = ModelSpec(name=name, version=version, labels=tuple(ckpt["labels"]), topk=topk,
                      max_bytes=model_settings.max_image_bytes, max_pixels=model_settings.max_image_pixels,
-                     preprocess=preprocess, serving=serving, format=fmt,
+                     preprocess=preprocess, serving=serving, format=fmt, source=source or {},
                      arch=ArchSpec(module=arch.file.stem, cls=arch.cls, kwargs=ckpt["arch"]["kwargs"]))
     return spec, arch.file, why
 
@@ -187,10 +188,11 @@ def write_config(out: Path, settings: ServingSettings | None = None,
 
 def archive(checkpoint_path: Path, out: Path, name: str, version: str = "1.0", topk: int = 5,
             model_settings: ModelServingSettings | None = None, protocol: str = "native",
-            frontend: FrontendSettings | None = None, fmt: str = "eager") -> tuple[Path, Path]:
+            frontend: FrontendSettings | None = None, fmt: str = "eager",
+            source: dict | None = None) -> tuple[Path, Path]:
     model_settings = model_settings or ModelServingSettings()
     ckpt = checkpoint.load(checkpoint_path)
-    spec, net_file, why = model_spec_from_checkpoint(ckpt, name, version, topk, model_settings, fmt)
+    spec, net_file, why = model_spec_from_checkpoint(ckpt, name, version, topk, model_settings, fmt, source)
     log.info("%s v%s (%s): %s: %s", name, version, fmt, why, spec.serving)
     mar = build_mar(spec, ckpt, net_file, out / "model-store")
     # the policy is in the archive now: the config reads it from there (no override twice)
@@ -198,11 +200,28 @@ def archive(checkpoint_path: Path, out: Path, name: str, version: str = "1.0", t
                              protocol=protocol, frontend=frontend)
 
 
+def archive_registered(model_uri: str, registry_uri: str, out: Path, name: str | None = None,
+                       version: str | None = None, **kwargs) -> tuple[Path, Path]:
+    """Archive the registry's version that `model_uri` names now: served under the registered
+    model's name and its version number (responses and metrics report it), with the registry, the
+    version, its run and the alias in model_spec.json's "source"."""
+    found = registry.resolve(model_uri, registry_uri)
+    with tempfile.TemporaryDirectory(prefix="registry-") as tmp:
+        ckpt = registry.download_checkpoint(found, Path(tmp))
+        return archive(ckpt, out, name or found.name, version or found.version, source=found.to_dict(), **kwargs)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--model-name", default=DEFAULT_MODEL)
-    p.add_argument("--version", default="1.0")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path)
+    src.add_argument("--from-registry", metavar="MODEL_URI",
+                     help="models:/<name>@<alias> or models:/<name>/<version> from the MLflow registry")
+    p.add_argument("--registry-uri", default=None,
+                   help="the MLflow registry (default: $MLFLOW_TRACKING_URI or the local ./mlruns store)")
+    p.add_argument("--model-name", default=None,
+                   help=f"served name (default: {DEFAULT_MODEL}, or the registered model's name)")
+    p.add_argument("--version", default=None, help="served version (default: 1.0, or the registry's version)")
     p.add_argument("--topk", type=int, default=5, help="labels returned per prediction by default")
     p.add_argument("--out", type=Path, default=Path("build/serve"), help="storage layout root")
     p.add_argument("--format", choices=["eager", *export.FORMATS], default="eager",
@@ -223,19 +242,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def served_name(args: argparse.Namespace) -> str | None:
+    """--model-name, else the default model's name, or the registered model's (None: the registry's)."""
+    return args.model_name or (None if args.from_registry else DEFAULT_MODEL)
+
+
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    settings = ModelServingSettings(policy=POLICIES.get(args.policy), workers=args.workers,
+                                    batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
+                                    torch_threads=args.torch_threads,
+                                    channels_last=None if args.channels_last is None else args.channels_last == "true",
+                                    max_image_bytes=args.max_image_bytes, max_image_pixels=args.max_image_pixels)
+    common = dict(topk=args.topk, model_settings=settings, protocol=args.protocol, fmt=args.format)
     try:
-        mar, config = archive(args.checkpoint, args.out, args.model_name, args.version, args.topk,
-                              ModelServingSettings(policy=POLICIES.get(args.policy), workers=args.workers,
-                                                   batch_size=args.batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
-                                                   torch_threads=args.torch_threads,
-                                                   channels_last=None if args.channels_last is None else args.channels_last == "true",
-                                                   max_image_bytes=args.max_image_bytes,
-                                                   max_image_pixels=args.max_image_pixels),
-                              args.protocol, fmt=args.format)
-    except (ArchiveError, export.ExportError, FileNotFoundError, ValueError, KeyError) as e:
+        if args.from_registry:
+            mar, config = archive_registered(args.from_registry, args.registry_uri or tracking.default_uri(), args.out,
+                                             served_name(args), args.version, **common)
+        else:
+            mar, config = archive(args.checkpoint, args.out, served_name(args), args.version or "1.0", **common)
+    except (ArchiveError, export.ExportError, registry.RegistryError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"archive: error: {e}", file=sys.stderr)
         return 2
     print(f"archive: {mar} ({mar.stat().st_size / 1024:.0f} KiB)\nconfig:  {config}")

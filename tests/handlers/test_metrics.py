@@ -2,6 +2,7 @@
 with the names and labels of handlers/metrics.py."""
 import time
 from collections import Counter
+from types import SimpleNamespace
 
 import prometheus_client
 import pytest
@@ -30,7 +31,7 @@ def test_prometheus_backend_uses_the_same_names_and_labels():
     sink = m.PrometheusMetrics("mnist", "2.0", registry)
     sink.record(m.Observation(seconds={"inference": 0.02}, batch_size=4,
                               predicted={"Bag": 3}, rejected={"invalid_image": 1}))
-    sink.model_loaded(1.5)
+    sink.model_loaded(1.5, SimpleNamespace(format="onnx", source={"run_id": "0a1b"}))
     text = prometheus_client.generate_latest(registry).decode()
     labels = {"ModelName": "mnist", "ModelVersion": "2.0", "Level": "Model"}
     assert value(text, f"{m.STAGE_SECONDS}_count", **labels, stage="inference") == 1
@@ -38,6 +39,7 @@ def test_prometheus_backend_uses_the_same_names_and_labels():
     assert value(text, m.REJECTED, **labels, reason="invalid_image") == 1
     assert value(text, f"{m.BATCH_SIZE}_sum", **labels) == 4
     assert value(text, m.MODEL_LOAD_SECONDS, **labels) == 1.5
+    assert value(text, m.MODEL_INFO, **labels, format="onnx", run_id="0a1b") == 1
     assert all('Hostname="' in line for line in text.splitlines() if line.startswith("image_handler"))
 
 

@@ -53,5 +53,7 @@ def test_one_default_model_name():
     p = argparse.ArgumentParser()
     data.add_source_args(p)
     assert p.get_default("dataset") == DEFAULT_MODEL in data.loadable()
-    assert archive.get_args_parser().get_default("model_name") == DEFAULT_MODEL
+    parse = archive.get_args_parser().parse_args
+    assert archive.served_name(parse(["--checkpoint", "model.pt"])) == DEFAULT_MODEL
+    assert archive.served_name(parse(["--from-registry", "models:/mine@prod"])) is None  # the registered name
     assert DEFAULT_CHECKPOINT.parent.name == DEFAULT_MODEL
