@@ -70,6 +70,11 @@ ui: setup $(CONFIG)  ## the try-it page on 127.0.0.1:8090 for `make serve`'s mod
 	@echo "ui: the page calls the TorchServe of 'make serve' (start it first); Ctrl-C stops the page"
 	$(PY) -m scripts.ui.server --store $(STORE) $(UI_ARGS)
 
+# --- Reproducible pipeline: dvc.yaml's stages with params.yaml; their `python` is the virtualenv's --
+.PHONY: pipeline
+pipeline: setup  ## dvc repro: rerun the stages whose code, data or params changed → runs/pipeline, build/pipeline
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m dvc repro $(DVC_ARGS)
+
 # --- Recipes: measured in docs/results.md ----------------------------------------------------
 .PHONY: recipe-cpu recipe-transfer recipe-gpu
 RECIPE_CPU_ARGS ?= --width 16 --depth 2 --epochs 10 --augment --label-smoothing 0.1 --flip-tta

@@ -68,12 +68,26 @@ def export_network(net: torch.nn.Module, spec: PreprocessSpec, fmt: str, path: P
                                       input_names=["images"], output_names=["logits"],
                                       dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
                                       external_data=False)
+                strip_source_locations(path)
     except ExportError:
         raise
     except Exception as e:  # noqa: BLE001 - any exporter failure is this network's, named as such
         raise ExportError(f"{type(net).__name__} does not export to {fmt}: {type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
     return path
+
+
+def strip_source_locations(path: Path) -> None:
+    """torch's exporter stores each node's Python stack trace (absolute paths of this machine's
+    files) as metadata: drop it, so that the file tells nothing about where it was built and the
+    same checkpoint exports to the same bytes anywhere (the DVC pipeline compares hashes)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for graph_nodes in [model.graph.node, *(f.node for f in model.functions)]:
+        for node in graph_nodes:
+            del node.metadata_props[:]
+    onnx.save(model, str(path))
 
 
 def load_exported(path: Path, fmt: str):

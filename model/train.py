@@ -283,11 +283,12 @@ class Run:
             self.net.load_state_dict(checkpoint.load(a.output_dir / "best.pt")["state_dict"])
         logits = evaluate.logits(self.net, t["x_test"], self.spec, device=self.device)
         metrics = evaluate.classification_metrics(t["y_test"], logits.argmax(1), self.labels)
+        timing = {"train_seconds": round(p.train_seconds, 1)} if a.timings else {}
         path = self.save("model.pt", p.best["epoch"] if p.best else p.history[-1]["epoch"],
                          {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-                          "train_seconds": round(p.train_seconds, 1), "history": p.history})
+                          **timing, "history": p.history})
         evaluate.write_report(metrics, a.output_dir / "eval.json", checkpoint=str(path), source=self.source,
-                              train_seconds=round(p.train_seconds, 1))
+                              **timing)
         print(f"trained {len(p.history)} epochs in {p.train_seconds:.1f} s")
         evaluate.print_summary(metrics)
         tracker.metrics({"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"],

@@ -83,6 +83,9 @@ def parser(description: str | None = None) -> argparse.ArgumentParser:
     r.add_argument("--output-dir", type=Path, default=Path("runs/fashion-mnist"))
     r.add_argument("--no-report", dest="report", action="store_false",
                    help="skip the evaluation report (python -m model.report) after training")
+    r.add_argument("--no-timings", dest="timings", action="store_false",
+                   help="leave the training time out of model.pt and eval.json: the same seed then "
+                        "writes byte-identical files (the DVC pipeline compares outputs by hash)")
     r.add_argument("--mlflow-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the local ./mlruns store)")
     r.add_argument("--experiment", default=None, help="MLflow experiment (default: the data source's name)")

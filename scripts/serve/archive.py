@@ -32,6 +32,7 @@ from handlers.settings import ServingSettings
 from scripts.serve.settings import DEFAULT_MODEL, KSERVE_MODEL_MOUNT, FrontendSettings, ModelServingSettings
 
 log = logging.getLogger("archive")
+DEFAULT_VERSION = "1.0"
 POLICIES = {"light": policy.LIGHT, "heavy": policy.HEAVY}
 REPO = Path(__file__).resolve().parents[2]
 HANDLERS_DIR = REPO / "handlers"
@@ -186,7 +187,7 @@ def write_config(out: Path, settings: ServingSettings | None = None,
     return path
 
 
-def archive(checkpoint_path: Path, out: Path, name: str, version: str = "1.0", topk: int = 5,
+def archive(checkpoint_path: Path, out: Path, name: str, version: str = DEFAULT_VERSION, topk: int = 5,
             model_settings: ModelServingSettings | None = None, protocol: str = "native",
             frontend: FrontendSettings | None = None, fmt: str = "eager",
             source: dict | None = None) -> tuple[Path, Path]:
@@ -221,7 +222,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="the MLflow registry (default: $MLFLOW_TRACKING_URI or the local ./mlruns store)")
     p.add_argument("--model-name", default=None,
                    help=f"served name (default: {DEFAULT_MODEL}, or the registered model's name)")
-    p.add_argument("--version", default=None, help="served version (default: 1.0, or the registry's version)")
+    p.add_argument("--version", default=None, help=f"served version (default: {DEFAULT_VERSION}, or the registry's version)")
     p.add_argument("--topk", type=int, default=5, help="labels returned per prediction by default")
     p.add_argument("--out", type=Path, default=Path("build/serve"), help="storage layout root")
     p.add_argument("--format", choices=["eager", *export.FORMATS], default="eager",
@@ -261,7 +262,7 @@ def main(argv=None) -> int:
             mar, config = archive_registered(args.from_registry, args.registry_uri or tracking.default_uri(), args.out,
                                              served_name(args), args.version, **common)
         else:
-            mar, config = archive(args.checkpoint, args.out, served_name(args), args.version or "1.0", **common)
+            mar, config = archive(args.checkpoint, args.out, served_name(args), args.version or DEFAULT_VERSION, **common)
     except (ArchiveError, export.ExportError, registry.RegistryError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"archive: error: {e}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ network that does not export, or exports to something else, is a clear error."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,3 +80,13 @@ def test_the_cli_exports_a_trained_checkpoint_checked_on_its_test_images(trained
 def test_the_cli_names_a_missing_checkpoint(tmp_path, capsys):
     assert export.main(["--checkpoint", str(tmp_path / "none.pt"), "--format", "onnx", "--out", str(tmp_path)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_an_onnx_export_holds_no_path_of_the_machine_that_built_it(tmp_path):
+    """torch's exporter records stack traces; the export drops them, so the bytes depend on the
+    network only (the DVC pipeline compares an export's hash across checkouts)."""
+    torch.manual_seed(0)
+    net = nets.build("small_cnn", num_classes=3, in_channels=3, width=4).eval()
+    path = export.export_network(net, PHOTO, "onnx", tmp_path / "net.onnx")
+    assert str(Path(nets.__file__).parents[1]).encode() not in path.read_bytes()
+    assert b"small_cnn.py" not in path.read_bytes()
