@@ -42,12 +42,16 @@ class ImageClassifier:
         self.options: ResolvedOptions = self.resolve(spec, device, options)
         self.spec = spec
         self.device = self.options.device
-        if self.options.torch_threads:
-            torch.set_num_threads(self.options.torch_threads)
-        if isinstance(net, OnnxNetwork):  # its own threads and layout: fed contiguous fp32
+        if isinstance(net, OnnxNetwork):
+            # ONNX Runtime runs the network on its own threads (the policy's count), in its own
+            # layout, fed contiguous fp32; torch only normalizes here: one thread, so that no second
+            # OpenMP pool in the process throttles an eager model's (scripts/runtime/batching.py)
+            torch.set_num_threads(1)
             self.options = dataclasses.replace(self.options, channels_last=False)
             self.net = self.forward = net
         else:
+            if self.options.torch_threads:
+                torch.set_num_threads(self.options.torch_threads)
             memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
             self.net = net.to(self.device, dtype=self.options.dtype, memory_format=memory_format).eval()
             self.forward = torch.compile(self.net) if self.options.compile else self.net

@@ -68,3 +68,26 @@ def test_a_torchscript_archive_refuses_torch_compile(net, tmp_path):
     spec = staged(net, "torchscript", tmp_path)
     with pytest.raises(AccelError, match="TorchScript"):
         load_network(tmp_path, spec, InferenceOptions(device="cpu", compile=True).resolve(spec.serving))
+
+
+def test_an_onnx_classifier_leaves_the_threads_to_onnx_runtime(net, tmp_path):
+    """The policy's threads go to ONNX Runtime's session; torch (normalizing only) keeps one on the
+    loading thread, so no second OpenMP pool competes with an eager model's in the same process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from handlers.accel import usable_cpus
+    from handlers.classifier import ImageClassifier
+    from handlers.spec import ServingPolicy
+
+    spec = dataclasses.replace(staged(net, "onnx", tmp_path), serving=ServingPolicy(batch_size=1, torch_threads=0))
+    options = InferenceOptions(device="cpu")
+
+    def load():
+        clf = ImageClassifier(load_network(tmp_path, spec, options.resolve(spec.serving)), spec, options=options)
+        return clf, torch.get_num_threads()
+
+    with ThreadPoolExecutor(1) as pool:
+        clf, torch_threads = pool.submit(load).result()
+    assert torch_threads == 1
+    assert clf.net.session.get_session_options().intra_op_num_threads == usable_cpus()
+    assert not clf.options.channels_last

@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     torch_thread = ThreadPoolExecutor(1, thread_name_prefix="torch")
+    onnx_thread = ThreadPoolExecutor(1, thread_name_prefix="onnx")  # the ONNX archive's, as the runtime gives each model its own
     started = time.time()
     load_average = {"start": [round(x, 2) for x in os.getloadavg()]}
     try:
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         # that runs a parallel op, and a second pool throttles the first (scripts/runtime/batching.py)
         def on_torch(fn, *args, **kwargs):
             return torch_thread.submit(fn, *args, **kwargs).result()
+
+        def on_onnx(fn, *args, **kwargs):
+            return onnx_thread.submit(fn, *args, **kwargs).result()
         images = on_torch(model.images, args.data_dir, args.images)
         checkpoint = on_torch(model.make_checkpoint, work) if model.make_checkpoint else args.checkpoint
         store = work / "store"
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         onnx = any(t.endswith(ONNX) for t in args.targets)
         if onnx:  # beside the eager archive in the same store: every server serves both
             onnx_mar, _ = on_torch(archive.archive, checkpoint, store, name + ONNX, fmt="onnx")
-            onnx_classifier = on_torch(targets.load_inprocess, onnx_mar, work / "unpacked-onnx")
+            onnx_classifier = on_onnx(targets.load_inprocess, onnx_mar, work / "unpacked-onnx")
         limit_result = on_torch(limit.sweep, checkpoint, images, seconds=args.duration / 2) if args.limit else None
         results_batches = (on_torch(inprocess_batches, classifier, images, args.inprocess_batches, args.duration / 2)
                            if "in-process" in args.targets else [])
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 # one request at a time: the pipeline's own cost, the floor the servers add to
                 plan.append(("in-process", targets.inprocess_client(classifier, images, on_torch), [1], None, expected))
             if "in-process-onnx" in args.targets:
-                plan.append(("in-process-onnx", targets.inprocess_client(onnx_classifier, images, on_torch), [1], None,
+                plan.append(("in-process-onnx", targets.inprocess_client(onnx_classifier, images, on_onnx), [1], None,
                              expected))
             for target, threads in (("fastapi-baseline", None), ("fastapi-1-thread", 1)):
                 if target in args.targets:
@@ -235,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
         torch_thread.shutdown()
+        onnx_thread.shutdown()
     load_average["end"] = [round(x, 2) for x in os.getloadavg()]
 
     points = [aggregate(rs) for rs in rounds.values()]
