@@ -3,7 +3,8 @@ label) and the HTTP status a transport should answer with. Models raise these; t
 
 
 class InputError(ValueError):
-    """A request the server refuses because of its content; never a server fault."""
+    """A request the server refuses: its content, its size, or a server already full; never a
+    server fault."""
 
     reason = "invalid_input"
     status = 400
@@ -39,3 +40,21 @@ class InvalidBase64(InputError):
 
 class InvalidOption(InputError):
     reason = "invalid_option"
+
+
+class RequestTooLarge(InputError):
+    """The whole body (or gRPC message) is over the server's limit: refused before it is read."""
+    reason = "request_too_large"
+    status = 413
+
+
+class RequestTimeout(InputError):
+    """The body did not arrive whole in time (a slow or stalled upload)."""
+    reason = "request_timeout"
+    status = 408
+
+
+class Overloaded(InputError):
+    """Not the request's fault: the server holds as much as it may; retry after Retry-After."""
+    reason = "overloaded"
+    status = 503

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from handlers.errors import (EmptyInput, ImageTooLarge, InputError, InvalidBase64, InvalidOption,
                              MalformedRequest, UnsupportedPayload)
+from handlers.limits import DEFAULT_MAX_IMAGES
 
 NATIVE, V1, V2 = "native", "v1", "v2"
 # TorchServe's stock kservev2 envelope (needed for its OIP gRPC) hands the handler one row per
@@ -27,7 +28,6 @@ ENVELOPE_V2 = "envelope-v2"
 ENVELOPE_V1 = "envelope-v1"
 BODY_KEYS = ("body", "data")
 OPTION_KEYS = ("topk",)
-MAX_IMAGES_PER_REQUEST = 64
 MAX_TOPK = 1000
 
 
@@ -100,19 +100,19 @@ def _image_or_error(item, max_bytes: int, where: str) -> bytes | InputError:
         return e
 
 
-def _parse_v1(body: dict, max_bytes: int) -> ParsedRequest:
+def _parse_v1(body: dict, max_bytes: int, max_images: int) -> ParsedRequest:
     instances = body["instances"]
     req = ParsedRequest(protocol=V1)
     req.topk = parse_topk(_parameters(body, "").get("topk"))
     if not isinstance(instances, list) or not instances:
         raise MalformedRequest('"instances" must be a non-empty list of {"b64": "<base64 image>"}')
-    if len(instances) > MAX_IMAGES_PER_REQUEST:
-        raise MalformedRequest(f"at most {MAX_IMAGES_PER_REQUEST} instances per request, got {len(instances)}")
+    if len(instances) > max_images:
+        raise MalformedRequest(f"at most {max_images} instances per request, got {len(instances)}")
     req.images = [_image_or_error(item, max_bytes, f"instances[{i}]") for i, item in enumerate(instances)]
     return req
 
 
-def _parse_v2(body: dict, max_bytes: int) -> ParsedRequest:
+def _parse_v2(body: dict, max_bytes: int, max_images: int) -> ParsedRequest:
     inputs = body["inputs"]
     req = ParsedRequest(protocol=V2, request_id=body.get("id"))
     req.topk = parse_topk(_parameters(body, "").get("topk"))
@@ -129,8 +129,8 @@ def _parse_v2(body: dict, max_bytes: int) -> ParsedRequest:
     if shape != [len(data)]:
         raise MalformedRequest(f'input "{req.input_name}": shape {shape} does not match {len(data)} '
                                f'data elements (expected [{len(data)}])')
-    if len(data) > MAX_IMAGES_PER_REQUEST:
-        raise MalformedRequest(f"at most {MAX_IMAGES_PER_REQUEST} images per request, got {len(data)}")
+    if len(data) > max_images:
+        raise MalformedRequest(f"at most {max_images} images per request, got {len(data)}")
     req.topk = parse_topk(_parameters(tensor, f'input "{req.input_name}": ').get("topk")) or req.topk
     req.images = [_image_or_error(item, max_bytes, f'{req.input_name}[{i}]') for i, item in enumerate(data)]
     return req
@@ -162,7 +162,7 @@ def parse_envelope_input(row: dict, max_bytes: int) -> ParsedRequest:
 
 
 def parse_row(row: dict, max_bytes: int, content_type: str | None = None,
-              topk_header: str | None = None) -> ParsedRequest:
+              topk_header: str | None = None, max_images: int = DEFAULT_MAX_IMAGES) -> ParsedRequest:
     """Never raises: a request that cannot be used at all carries its error in `.error`.
     Native requests take k from an `X-TopK` header (TorchServe 0.12 does not pass query
     parameters of a POST with a body to the worker) or a multipart `topk` field."""
@@ -177,9 +177,9 @@ def parse_row(row: dict, max_bytes: int, content_type: str | None = None,
             return ParsedRequest(images=[bytes(body)], topk=topk)
         if isinstance(body, dict):
             if "instances" in body:
-                return _parse_v1(body, max_bytes)
+                return _parse_v1(body, max_bytes, max_images)
             if "inputs" in body:
-                return _parse_v2(body, max_bytes)
+                return _parse_v2(body, max_bytes, max_images)
             if "b64" in body or "data" in body:
                 return ParsedRequest(images=[_image_or_error(body, max_bytes, "body")],
                                      topk=parse_topk(body.get("topk")) or topk)

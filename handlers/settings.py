@@ -13,6 +13,10 @@ Listener overrides (all optional):
   set it to the page's URL when the page talks to a cluster endpoint),
   SERVE_KSERVE_HTTP_PORT (8085) and SERVE_KSERVE_GRPC_PORT (8086): the KServe-native runtime
   (scripts/runtime/)
+
+Request limits (RequestLimits; the chart's `limits` sets them in both runtimes' pods):
+  SERVE_MAX_REQUEST_BYTES, SERVE_MAX_IMAGES_PER_REQUEST, SERVE_QUEUE_SIZE, SERVE_MAX_INFLIGHT,
+  SERVE_BODY_TIMEOUT_S, SERVE_RETRY_AFTER_S
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ import os
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Mapping
+
+from handlers.limits import DEFAULT_MAX_IMAGES, DEFAULT_MAX_REQUEST_BYTES
 
 ENV_PREFIX = "SERVE_"
 
@@ -136,3 +142,22 @@ class ServingSettings:
 
     def torchserve_env(self) -> dict[str, str]:
         return {f"TS_{k.upper()}": v for k, v in self.torchserve_properties().items()}
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one server takes before it refuses, so that its memory stays bounded whatever callers
+    send. The KServe-native runtime enforces all of them; TorchServe's frontend has the body size
+    (max_request_size) and the queue (job_queue_size), its handler the images per request. The
+    chart's `limits` values must equal these defaults (tests/deploy/test_k8s.py)."""
+
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES  # a REST body or gRPC message: 413 / RESOURCE_EXHAUSTED
+    max_images_per_request: int = DEFAULT_MAX_IMAGES  # 400 beyond
+    queue_size: int = 100  # requests waiting per model for a forward pass: 503 beyond (TorchServe's default)
+    max_inflight: int = 64  # requests inside one server at once, reading included: 503 beyond
+    body_timeout_s: int = 30  # a REST body not received whole by then: 408
+    retry_after_s: int = 1  # Retry-After of each 503
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "RequestLimits":
+        return from_env(cls, env)

@@ -13,8 +13,10 @@ import torch
 from handlers.classifier import ImageClassifier
 from handlers.inputs import (is_envelope_input, is_v1_envelope_instance, parse_envelope_input,
                              parse_row, parse_v1_envelope_instance)
+from handlers.limits import DEFAULT_MAX_IMAGES
 from handlers.metrics import Observation, Stopwatch, TorchServeMetrics
 from handlers.responses import render
+from handlers.settings import RequestLimits
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ class TorchServeImageClassifier:
         self.classifier: ImageClassifier | None = None
         self.metrics: TorchServeMetrics | None = None
         self.initialized = False
+        self.max_images = DEFAULT_MAX_IMAGES
 
     def initialize(self, context) -> None:
         props = context.system_properties
@@ -47,6 +50,7 @@ class TorchServeImageClassifier:
         device = f"cuda:{gpu_id}" if torch.cuda.is_available() and gpu_id is not None else "cpu"
         start = time.perf_counter()
         self.classifier = ImageClassifier.load(props["model_dir"], device=device)
+        self.max_images = RequestLimits.from_env().max_images_per_request
         spec = self.classifier.spec
         self.metrics = TorchServeMetrics(context.metrics, spec.version) if context.metrics else None
         if self.metrics:
@@ -77,8 +81,8 @@ class TorchServeImageClassifier:
             enveloped, requests = "v1", [parse_v1_envelope_instance(row, max_bytes, i) for i, row in enumerate(data)]
         else:
             enveloped = None
-            requests = [parse_row(row, max_bytes, _content_type(context, i), _header(context, i, "X-TopK"))
-                        for i, row in enumerate(data)]
+            requests = [parse_row(row, max_bytes, _content_type(context, i), _header(context, i, "X-TopK"),
+                                  self.max_images) for i, row in enumerate(data)]
         images, ks, owners = [], [], []
         for r, req in enumerate(requests):
             if req.error is not None:

@@ -11,12 +11,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
+from skimage import data as skdata
 
 from model import data, imagenet, train
 from scripts.serve import archive
 from scripts.serve.settings import DEFAULT_MODEL, loopback_settings
 from scripts.serve.torchserve import TorchServe
-from tests.helpers import IMAGENET_NAME, MODEL_NAME, written_since
+from tests.helpers import IMAGENET_NAME, MODEL_NAME, png_bytes, written_since
 
 
 # An integration test needs more than this process: a server, a real tool (the model archiver,
@@ -111,6 +113,12 @@ def images(samples) -> list[bytes]:
     """The samples' bytes, as clients send them."""
     out_dir, listed = samples
     return [(out_dir / s["file"]).read_bytes() for s in listed]
+
+
+@pytest.fixture(scope="session")
+def chelsea() -> bytes:
+    """A real photo (scikit-image's cat) as a PNG."""
+    return png_bytes(Image.fromarray(skdata.chelsea()))
 
 
 @pytest.fixture(scope="session")

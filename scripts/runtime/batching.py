@@ -4,7 +4,9 @@ latency for a lone client), and under concurrency the per-request costs (the thr
 forward pass) are shared. With several workers, that many batches run at once, each worker always
 on its own thread (torch's OpenMP pool belongs to the thread that calls it: a new thread per call
 would start, and spin, another pool). Results go back to each request in order; a failure of a
-batch call fails that batch's requests only."""
+batch call fails that batch's requests only. The queue is bounded: a request that finds
+`max_pending` requests already waiting is refused at once (QueueFull), as TorchServe's
+job_queue_size does, so a burst costs memory only up to that bound."""
 from __future__ import annotations
 
 import asyncio
@@ -18,6 +20,10 @@ Item = TypeVar("Item")
 Out = TypeVar("Out")
 
 
+class QueueFull(RuntimeError):
+    """Too many requests already wait for a batch: refused without queueing."""
+
+
 @dataclass
 class _Pending(Generic[Item]):
     items: Sequence
@@ -26,15 +32,17 @@ class _Pending(Generic[Item]):
 
 class MicroBatcher(Generic[Item, Out]):
     def __init__(self, run: Callable[[list[Item]], list[Out]], max_items: int = 64, workers: int = 1,
-                 inline_below_s: float = 0.0):
+                 inline_below_s: float = 0.0, max_pending: int | None = None):
         """`run` maps a list of items to one output per item; it runs in `workers` threads, one call
         at a time in each. A batch holds up to `max_items` items (at least one request, whatever
         its size). With one worker, while batches take less than `inline_below_s` on average, `run`
         is called on the event loop itself: for a model that answers in a millisecond, two thread
-        hand-offs per batch cost more than the loop pause they avoid."""
-        if max_items < 1 or workers < 1:
-            raise ValueError("max_items and workers must be ≥ 1")
+        hand-offs per batch cost more than the loop pause they avoid. At most `max_pending`
+        requests wait (None: no bound)."""
+        if max_items < 1 or workers < 1 or (max_pending is not None and max_pending < 1):
+            raise ValueError("max_items, workers and max_pending must be ≥ 1")
         self.run, self.max_items, self.workers, self.inline_below_s = run, max_items, workers, inline_below_s
+        self.max_pending = max_pending
         self.mean_s = float("inf")  # running mean of a batch call (unknown: use the thread)
         self.pending: collections.deque[_Pending] = collections.deque()
         self.arrived: asyncio.Event | None = None
@@ -43,6 +51,8 @@ class MicroBatcher(Generic[Item, Out]):
         self.batches = 0  # calls of `run`, for tests and logs
 
     async def submit(self, items: Sequence[Item]) -> list[Out]:
+        if self.max_pending is not None and len(self.pending) >= self.max_pending:
+            raise QueueFull(f"{len(self.pending)} requests already wait for this model (queue size {self.max_pending})")
         loop = asyncio.get_running_loop()
         if not self.tasks or any(t.done() for t in self.tasks):
             self.arrived = asyncio.Event()  # bound to the running loop: created on first use

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from handlers.errors import InputError, MalformedRequest
 from handlers.inputs import ParsedRequest, parse_row
+from handlers.limits import DEFAULT_MAX_IMAGES
 
 
 def _elements(tensor) -> list | None:
@@ -31,7 +32,7 @@ def _elements(tensor) -> list | None:
                                'element)') from None
 
 
-def parse_oip(request: InferRequest, max_bytes: int) -> ParsedRequest:
+def parse_oip(request: InferRequest, max_bytes: int, max_images: int = DEFAULT_MAX_IMAGES) -> ParsedRequest:
     """An OIP v2 request (REST or gRPC) through parse_row's own v2 rules. gRPC carries each image as
     its raw bytes, REST JSON as base64: a raw element enters parse_row as an empty base64 string,
     so the envelope checks and their messages stay parse_row's, and is put back afterwards."""
@@ -48,18 +49,20 @@ def parse_oip(request: InferRequest, max_bytes: int) -> ParsedRequest:
         return ParsedRequest(protocol="v2", error=e)
     body = {"id": request.id or None, "parameters": to_http_parameters(request.parameters or {}),
             "inputs": tensors}
-    parsed = parse_row({"body": body}, max_bytes)
+    parsed = parse_row({"body": body}, max_bytes, max_images=max_images)
     if parsed.error is None:
         parsed.images = [raw.get(j, image) for j, image in enumerate(parsed.images)]
     return parsed
 
 
-def parse_request(payload, headers: dict[str, str], max_bytes: int) -> ParsedRequest:
+def parse_request(payload, headers: dict[str, str], max_bytes: int,
+                  max_images: int = DEFAULT_MAX_IMAGES) -> ParsedRequest:
     """Whatever kserve decoded: an InferRequest (v2 REST, gRPC), a JSON value (v1 REST) or the raw
     body (a non-JSON content type on the v1 route, as TorchServe's native protocol)."""
     if isinstance(payload, InferRequest):
-        return parse_oip(payload, max_bytes)
-    return parse_row({"body": payload}, max_bytes, headers.get("content-type"), headers.get("x-topk"))
+        return parse_oip(payload, max_bytes, max_images)
+    return parse_row({"body": payload}, max_bytes, headers.get("content-type"), headers.get("x-topk"),
+                     max_images)
 
 
 # The binary tensor extension's header: how many leading bytes of the body are the JSON request

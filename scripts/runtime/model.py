@@ -17,12 +17,13 @@ from kserve.logging import logger
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput, to_http_parameters
 
 from handlers.classifier import ImageClassifier, Result
-from handlers.errors import MalformedRequest
+from handlers.errors import MalformedRequest, Overloaded
 from handlers.inputs import ParsedRequest
 from handlers.metrics import Observation, PrometheusMetrics, Stopwatch
 from handlers.responses import render
+from handlers.settings import RequestLimits
 from handlers.spec import ModelSpec, ServingPolicy
-from scripts.runtime.batching import MicroBatcher
+from scripts.runtime.batching import MicroBatcher, QueueFull
 from scripts.runtime.decode import parse_request
 from scripts.runtime.mar import read_manifest
 
@@ -33,10 +34,11 @@ class RequestRefused(InvalidInput):
     """A request answered with render()'s error body. An InvalidInput, so kserve's gRPC interceptor
     maps it to INVALID_ARGUMENT with the message; our REST handler sends the body and status."""
 
-    def __init__(self, status: int, body: dict):
+    def __init__(self, status: int, body: dict, headers: dict[str, str] | None = None):
         super().__init__(body["error"])
         self.status = status
         self.body = body
+        self.headers = headers or {}
 
 
 @dataclass
@@ -89,7 +91,7 @@ class MarModel(Model):
     runs (`ImageClassifier.load`)."""
 
     def __init__(self, mar: Path, unpack_root: Path, device: str | None = None,
-                 inline_below_ms: float = 0.0):
+                 inline_below_ms: float = 0.0, limits: RequestLimits | None = None):
         manifest = read_manifest(mar)["model"]
         super().__init__(manifest["modelName"], return_response_headers=True)
         self.mar = mar
@@ -99,6 +101,7 @@ class MarModel(Model):
         self.classifier: ImageClassifier | None = None
         self.batcher: MicroBatcher | None = None
         self.inline_below_ms = inline_below_ms
+        self.limits = limits or RequestLimits()
 
     def load(self) -> bool:
         with zipfile.ZipFile(self.mar) as z:
@@ -110,7 +113,8 @@ class MarModel(Model):
         # images per pass and passes at once: the archive's policy on the CPU (requests that queue
         # while the passes run form the next batches; nothing waits for a batch to fill)
         serving = spec.serving if torch.device(self.device).type == "cpu" else GPU_BATCHING
-        self.batcher = MicroBatcher(self._run_batch, max_items=serving.batch_size, workers=serving.workers)
+        self.batcher = MicroBatcher(self._run_batch, max_items=serving.batch_size, workers=serving.workers,
+                                    max_pending=self.limits.queue_size)
         # Loaded and warmed up on the batch threads, where its passes run: torch's OpenMP pool
         # belongs to the thread that first runs a parallel op, and a second pool (this thread's)
         # would throttle the first one's threads (measured: half the images/s with 2 threads).
@@ -158,7 +162,8 @@ class MarModel(Model):
 
     async def preprocess(self, payload, headers: dict[str, str] | None = None) -> Job:
         oip = payload if isinstance(payload, InferRequest) else None
-        job = Job(parse_request(payload, headers or {}, self.classifier.max_bytes), oip)
+        job = Job(parse_request(payload, headers or {}, self.classifier.max_bytes,
+                                self.limits.max_images_per_request), oip)
         if oip is not None and job.request.error is None:
             job.request.error = unknown_outputs(oip, [o["name"] for o in self.get_output_types()])
         return job
@@ -174,7 +179,11 @@ class MarModel(Model):
 
     async def predict(self, job: Job, headers=None, response_headers=None) -> Job:
         if job.request.error is None:
-            job.results = await self.batcher.submit([(image, job.request.topk) for image in job.request.images])
+            try:
+                job.results = await self.batcher.submit([(image, job.request.topk) for image in job.request.images])
+            except QueueFull as e:
+                job.request.error = Overloaded(f"model {self.name} is at capacity: {e}; retry after "
+                                               f"{self.limits.retry_after_s} s")
         return job
 
     async def postprocess(self, job: Job, headers=None, response_headers=None) -> dict | InferResponse:
@@ -184,7 +193,8 @@ class MarModel(Model):
             obs.rejected[job.request.error.reason] += 1
             self.metrics.record(obs)
         if status != 200:
-            raise RequestRefused(status, body)
+            retry = {"retry-after": str(self.limits.retry_after_s)} if status == Overloaded.status else None
+            raise RequestRefused(status, body, retry)
         if response_headers is not None:
             response_headers["x-model-version"] = self.version
         if job.oip is not None and (job.grpc or job.oip.request_outputs or job.oip.use_binary_outputs):

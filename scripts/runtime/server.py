@@ -7,7 +7,9 @@ Serves KServe v1 REST (`POST /v1/models/<m>:predict`), Open Inference Protocol v
 (`POST /v2/models/<m>/infer`, base64 strings in a BYTES input) and v2 gRPC
 (`inference.GRPCInferenceService`, raw image bytes in a BYTES input), OIP health and metadata, and
 KServe's Prometheus `/metrics` on the HTTP port. kserve's own flags (e.g. `--enable_docs_url true`)
-come from its parser, a parent of ours.
+come from its parser, a parent of ours. Request limits (body size, images per request, queue,
+requests at once, body timeout) come from the SERVE_* environment (handlers/settings.py
+RequestLimits), as the chart's `limits` sets them.
 """
 from __future__ import annotations
 
@@ -26,10 +28,12 @@ from kserve import model_server
 
 from scripts.runtime.kserve_adapter import BoundModelServer
 from scripts.runtime.model import INLINE_BELOW_MS, MarModel
-from handlers.settings import ServingSettings
+from handlers.settings import RequestLimits, ServingSettings, SettingsError
 
-# kserve flags this runtime does not act on: one REST process, gRPC always on, no TLS
-UNUSED_KSERVE_FLAGS = ("--workers", "--enable_grpc", "--ssl_certfile", "--ssl_keyfile")
+# kserve flags this runtime does not act on: one REST process, gRPC always on, no TLS; the gRPC
+# message limit is SERVE_MAX_REQUEST_BYTES, the same for REST and gRPC
+UNUSED_KSERVE_FLAGS = ("--workers", "--enable_grpc", "--ssl_certfile", "--ssl_keyfile",
+                       "--grpc_max_receive_message_length")
 
 
 class ArchiveLoadError(RuntimeError):
@@ -50,14 +54,15 @@ def wait_for_model_store(model_store: Path, timeout: float = ASYNC_WAIT_SECONDS,
         time.sleep(poll)
 
 
-def load_models(model_store: Path, unpack_root: Path, inline_below_ms: float = 0.0) -> list[MarModel]:
+def load_models(model_store: Path, unpack_root: Path, inline_below_ms: float = 0.0,
+                limits: RequestLimits | None = None) -> list[MarModel]:
     mars = sorted(Path(model_store).glob("*.mar"))
     if not mars:
         raise ArchiveLoadError(f"no .mar files in {model_store}")
     models: dict[str, MarModel] = {}
     for mar in mars:
         try:
-            model = MarModel(mar, unpack_root, inline_below_ms=inline_below_ms)
+            model = MarModel(mar, unpack_root, inline_below_ms=inline_below_ms, limits=limits)
             if model.name in models:
                 raise ValueError(f"model {model.name!r} is also in {models[model.name].mar.name}")
             model.load()
@@ -99,18 +104,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # kserve's flags included: a typo stops here
     unused = [flag for flag in UNUSED_KSERVE_FLAGS if given(argv, flag)]
     if unused:
-        parser.error(f"{', '.join(unused)}: not used by this runtime (one REST process, gRPC always on, no TLS)")
+        parser.error(f"{', '.join(unused)}: not used by this runtime (one REST process, gRPC always on, no TLS; "
+                     "the gRPC message limit is SERVE_MAX_REQUEST_BYTES)")
+    try:
+        limits = RequestLimits.from_env()
+    except SettingsError as e:
+        print(f"kserve runtime: error: {e}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="kserve-runtime-") as unpack_root:
         try:
             if os.environ.get(MODEL_INIT_MODE_ENV) == "async":
                 wait_for_model_store(args.model_store)
-            models = load_models(args.model_store, Path(unpack_root), args.inline_below_ms)
+            models = load_models(args.model_store, Path(unpack_root), args.inline_below_ms, limits)
         except ArchiveLoadError as e:
             print(f"kserve runtime: error: {e}", file=sys.stderr)
             return 2
         # kserve logs a latency line per request by default; /metrics already has those timings
         latency_log = args.enable_latency_logging if given(argv, "--enable_latency_logging") else False
-        BoundModelServer(args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+        BoundModelServer(args.host, limits=limits, http_port=args.http_port, grpc_port=args.grpc_port,
                          enable_latency_logging=latency_log).start(models)
     return 0
 

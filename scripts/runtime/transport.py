@@ -1,7 +1,11 @@
-"""Our JSON error bodies (handlers.errors) on kserve's REST app, and INVALID_ARGUMENT without an
-ERROR traceback on its gRPC server, for every request kserve or the model refuses."""
+"""Our JSON error bodies (handlers.errors) on kserve's REST app, and INVALID_ARGUMENT (UNAVAILABLE
+when full) without an ERROR traceback on its gRPC server, for every request kserve or the model
+refuses; the REST edge's limits (RequestGate)."""
 from __future__ import annotations
 
+import asyncio
+
+import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -9,14 +13,15 @@ from grpc import StatusCode
 from kserve.errors import InvalidInput
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 
-from handlers.errors import InputError, MalformedRequest
+from handlers.errors import InputError, MalformedRequest, Overloaded, RequestTimeout, RequestTooLarge
+from handlers.settings import RequestLimits
 from scripts.runtime.decode import INFERENCE_HEADER_LENGTH, schema_problems
 from scripts.runtime.model import RequestRefused
 
 
 async def refused_response(_: Request, exc: InvalidInput) -> JSONResponse:
     if isinstance(exc, RequestRefused):
-        return JSONResponse(exc.body, status_code=exc.status)
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
     error = MalformedRequest(str(exc))  # kserve's own decoding errors, e.g. a body that is not JSON
     return JSONResponse(error.to_dict(), status_code=error.status)
 
@@ -66,6 +71,90 @@ async def model_config_unsupported(model_name: str, model_version: str | None = 
 class InterceptorForRefusals(ExceptionToStatusInterceptor):
     async def handle_exception(self, ex: Exception, request_or_iterator, context, method_name: str):
         if isinstance(ex, RequestRefused):  # a client's bad input: no ERROR log with a traceback
-            await context.abort(StatusCode.INVALID_ARGUMENT, ex.reason)
+            full = ex.status == Overloaded.status  # retryable, as Triton answers a full queue
+            await context.abort(StatusCode.UNAVAILABLE if full else StatusCode.INVALID_ARGUMENT, ex.reason)
         else:
             await super().handle_exception(ex, request_or_iterator, context, method_name)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class RequestGate:
+    """ASGI middleware before kserve's app, for every request with a body: a declared
+    Content-Length over `max_request_bytes` gets 413 before a byte is read; beyond `max_inflight`
+    requests at once, 503 with Retry-After before reading; the body is then read here, counted
+    (a chunked body over the limit gets 413 as soon as it passes it) and timed (not whole within
+    `body_timeout_s`: 408), and handed on. So one server holds at most max_inflight bodies of at
+    most max_request_bytes each, and a slow upload holds one slot for at most the timeout."""
+
+    def __init__(self, app, limits: RequestLimits):
+        self.app, self.limits = app, limits
+        self.inflight = 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        limit = self.limits.max_request_bytes
+        declared = next((v for k, v in scope.get("headers", []) if k == b"content-length"), None)
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            return await refuse(send, RequestTooLarge(
+                f"request body of {int(declared)} bytes is over this server's {limit}-byte limit"))
+        if self.inflight >= self.limits.max_inflight:
+            return await refuse(send, Overloaded(
+                f"{self.inflight} requests in progress (at most {self.limits.max_inflight}); retry after "
+                f"{self.limits.retry_after_s} s"), self.limits.retry_after_s)
+        self.inflight += 1
+        try:
+            try:
+                body = await asyncio.wait_for(read_body(receive, limit), self.limits.body_timeout_s)
+            except _BodyTooLarge:
+                return await refuse(send, RequestTooLarge(f"request body is over this server's {limit}-byte limit"))
+            except asyncio.TimeoutError:
+                return await refuse(send, RequestTimeout(
+                    f"request body not received whole within {self.limits.body_timeout_s} s"))
+            except _ClientGone:
+                return
+            delivered = False
+
+            async def replay():
+                nonlocal delivered
+                if delivered:
+                    return await receive()  # after the body: the disconnect, when it comes
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await self.app(scope, replay, send)
+        finally:
+            self.inflight -= 1
+
+
+async def read_body(receive, limit: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def refuse(send, error: InputError, retry_after_s: int | None = None) -> None:
+    """Our JSON error body; the connection closes after it (the body may be left unread)."""
+    body = orjson.dumps(error.to_dict())
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]
+    if retry_after_s is not None:
+        headers.append((b"retry-after", str(retry_after_s).encode()))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from handlers.limits import max_request_size
 from handlers.spec import WEIGHTS_FILE, ArchSpec, ModelSpec
 from model import checkpoint, export, nets, registry, tracking
 from scripts.runtime.mar import read_manifest, read_spec
@@ -115,10 +116,6 @@ def build_mar(spec: ModelSpec, ckpt: dict, net_file: Path, model_store: Path) ->
     if not mar.exists():
         raise ArchiveError(f"torch-model-archiver reported success but wrote no {mar}")
     return mar
-
-
-def max_request_size(max_image_bytes: int) -> int:
-    return max_image_bytes * 4 // 3 + 64 * 1024
 
 
 def config_properties(model_store: Path, settings: ServingSettings,

@@ -26,12 +26,13 @@ class KServeRuntime(ServerProcess):
     error = KServeRuntimeError
 
     def __init__(self, model_store: Path, run_dir: Path, http_port: int, grpc_port: int,
-                 host: str = "127.0.0.1", extra_args: tuple[str, ...] = ()):
+                 host: str = "127.0.0.1", extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None):
         super().__init__(run_dir, "kserve-runtime.out")
         self.tmp = self.run_dir / "tmp"  # where it unpacks the archives: its own
         self.model_store = Path(model_store)
         self.host, self.http_port, self.grpc_port = host, http_port, grpc_port
         self.extra_args = tuple(extra_args)
+        self.extra_env = dict(extra_env or {})  # e.g. SERVE_* request limits
         self.url = f"http://{host}:{http_port}"
         self.grpc_target = f"{host}:{grpc_port}"
 
@@ -42,7 +43,7 @@ class KServeRuntime(ServerProcess):
 
     def env(self) -> dict[str, str]:
         self.tmp.mkdir(parents=True, exist_ok=True)
-        return {**os.environ, "TMPDIR": str(self.tmp)}
+        return {**os.environ, "TMPDIR": str(self.tmp), **self.extra_env}
 
     def cwd(self) -> Path:
         return REPO

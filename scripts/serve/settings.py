@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from handlers.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from handlers.settings import ServingSettings
+from handlers.settings import RequestLimits, ServingSettings
 from handlers.spec import ServingPolicy
 from scripts.serve.process import free_ports
 
@@ -31,8 +31,9 @@ class FrontendSettings:
     what `make serve` and a pod run; the reliability suite (scripts/harness/reliability/) turns on the
     model API for its rollout and shrinks the queue to provoke overload 503s."""
 
-    # Jobs waiting per model before the frontend answers 503 at once (TorchServe's default: 100).
-    job_queue_size: int = 100
+    # Jobs waiting per model before the frontend answers 503 at once: the KServe-native runtime's
+    # queue_size (TorchServe's own default is the same 100).
+    job_queue_size: int = RequestLimits().queue_size
     # Register/unregister/set-default over the management API (TorchServe 0.12 default: off;
     # models then come only from model_snapshot).
     enable_model_api: bool = False

@@ -41,8 +41,9 @@ class TorchServe(ServerProcess):
     error = TorchServeError
     poll_seconds = 0.5
 
-    def __init__(self, store: Path, settings: ServingSettings, run_dir: Path):
+    def __init__(self, store: Path, settings: ServingSettings, run_dir: Path, extra_env: dict[str, str] | None = None):
         super().__init__(run_dir, "torchserve.out")
+        self.extra_env = dict(extra_env or {})  # e.g. TS_* limits, as the chart sets them
         self.store = Path(store).resolve()
         self.settings = settings
         self.config = self.store / "config" / "config.properties"
@@ -60,7 +61,7 @@ class TorchServe(ServerProcess):
         tmp = self.run_dir / "tmp"  # TorchServe keeps one pid file per TMPDIR: isolate instances
         env.update(TMPDIR=str(tmp), LOG_LOCATION=str(self.run_dir / "logs"),
                    METRICS_LOCATION=str(self.run_dir / "logs"))
-        return env
+        return {**env, **self.extra_env}
 
     def start(self, timeout: float = 180) -> "TorchServe":
         if not self.config.exists():

@@ -30,7 +30,7 @@ from scripts.deploy import k8s_render
 from scripts.deploy import k8s_validate
 from scripts.runtime.server import get_args_parser
 from scripts.cluster import kserve as kserve_mod
-from handlers.settings import ServingSettings
+from handlers.settings import RequestLimits, ServingSettings
 from scripts.serve.settings import KSERVE_MODEL_MOUNT, loopback_settings
 from scripts.serve.torchserve import TorchServe
 from tests.helpers import IMAGENET_NAME
@@ -263,7 +263,7 @@ def test_torchserve_env_and_ports_match_settings():
     env = env_of(c)
     pod = ServingSettings(host="0.0.0.0").torchserve_env()
     loop = ServingSettings(host="127.0.0.1").torchserve_env()
-    ts_env = {k: v for k, v in env.items() if k.startswith("TS_")}
+    ts_env = {k: v for k, v in env.items() if k.startswith("TS_") and k not in LIMITS_TS_ENV}
     assert set(ts_env) <= set(pod), f"unknown TorchServe variables {set(ts_env) - set(pod)}"
     assert ts_env == {
         "TS_INFERENCE_ADDRESS": pod["TS_INFERENCE_ADDRESS"],
@@ -285,6 +285,32 @@ def test_torchserve_env_and_ports_match_settings():
     assert env["TMPDIR"] == "/tmp"
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     assert {"/tmp", env["LOG_LOCATION"], env["METRICS_LOCATION"]} <= mounts
+
+
+# TorchServe's own names for the limits it has (config.properties keys as TS_* variables)
+LIMITS_TS_ENV = {"TS_MAX_REQUEST_SIZE": "max_request_bytes", "TS_JOB_QUEUE_SIZE": "queue_size"}
+LIMITS_VALUES = {"maxRequestBytes": "max_request_bytes", "maxImagesPerRequest": "max_images_per_request",
+                 "queueSize": "queue_size", "maxInflight": "max_inflight",
+                 "bodyTimeoutSeconds": "body_timeout_s", "retryAfterSeconds": "retry_after_s"}
+
+
+def test_limits_values_are_the_runtimes_defaults_and_reach_both_containers():
+    """One set of numbers: values.yaml's limits equal RequestLimits' defaults; the KServe-native
+    container reads all of them back from its environment, TorchServe's frontend its body size
+    and queue (TS_*) and its handler the images per request (SERVE_*)."""
+    defaults = RequestLimits()
+    chart = yaml.safe_load((CHART / "values.yaml").read_text())["limits"]
+    assert chart == {key: getattr(defaults, field) for key, field in LIMITS_VALUES.items()}
+    objs = render()
+    assert RequestLimits.from_env(env_of(runtime_container(objs, "kserve-native"))) == defaults
+    ts = env_of(runtime_container(objs, "torchserve"))
+    assert {k: int(ts[k]) for k in LIMITS_TS_ENV} == {k: getattr(defaults, f) for k, f in LIMITS_TS_ENV.items()}
+    assert RequestLimits.from_env(ts).max_images_per_request == defaults.max_images_per_request
+    custom = render(None, "limits.maxRequestBytes=1048576", "limits.queueSize=7", "limits.maxInflight=9")
+    native = RequestLimits.from_env(env_of(runtime_container(custom, "kserve-native")))
+    assert (native.max_request_bytes, native.queue_size, native.max_inflight) == (1048576, 7, 9)
+    ts = env_of(runtime_container(custom, "torchserve"))
+    assert (ts["TS_MAX_REQUEST_SIZE"], ts["TS_JOB_QUEUE_SIZE"]) == ("1048576", "7")
 
 
 def test_kserve_native_runtime_command_matches_its_cli():
@@ -619,6 +645,9 @@ def refused_values(values: dict, tmp_path: Path) -> str:
     ({"replicas": 2}, "replicas"),  # unknown key
     ({"storage": {"credentials": {"type": "azure"}}}, "/storage/credentials/type"),
     ({"images": {"pullPolicy": "Sometimes"}}, "/images/pullPolicy"),
+    ({"limits": {"queueSize": 0}}, "/limits/queueSize"),
+    ({"limits": {"maxRequestBytes": "8M"}}, "/limits/maxRequestBytes"),
+    ({"limits": {"timeout": 3}}, "/limits"),  # unknown key
 ])
 def test_schema_refuses_bad_values(values, where, tmp_path):
     err = refused_values(values, tmp_path)

@@ -11,8 +11,8 @@ import requests
 from PIL import Image
 from skimage import data as skdata
 
+from handlers.limits import max_request_size
 from model import data
-from scripts.serve import archive
 from scripts.serve.settings import ModelServingSettings, loopback_settings
 from scripts.serve.torchserve import TorchServe, snapshot_models
 from scripts.harness.reliability.cli import main as reliability_main
@@ -103,7 +103,7 @@ def test_every_bad_input_gets_a_named_4xx_and_odd_images_their_answer(suite):
     m = ModelServingSettings()
     photo = encode(Image.fromarray(skdata.chelsea()), "JPEG", quality=90)
     cases = bad_input_cases(work.images[0], photo, m.max_image_bytes,
-                                        archive.max_request_size(m.max_image_bytes))
+                                        max_request_size(m.max_image_bytes))
     assert sum(c.valid is None for c in cases) >= 25
     result = bad_inputs(ts, cases, work, reference, RS)
     wrong = [c for c in result.cases if not (c.ok and c.next_good_ok)]

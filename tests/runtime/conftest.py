@@ -7,13 +7,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from skimage import data as skdata
 
 from handlers.classifier import ImageClassifier
 from scripts.serve.kserve_native import KServeRuntime
 from scripts.serve.process import free_ports
-from tests.helpers import IMAGENET_NAME, MODEL_NAME, png_bytes
+from tests.helpers import IMAGENET_NAME, MODEL_NAME
 
 
 def Runtime(model_store: Path, run_dir: Path) -> KServeRuntime:
@@ -39,7 +37,3 @@ def local(store, tmp_path_factory) -> dict[str, ImageClassifier]:
         out[name] = ImageClassifier.load(target)
     return out
 
-
-@pytest.fixture(scope="session")
-def chelsea() -> bytes:
-    return png_bytes(Image.fromarray(skdata.chelsea()))

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from scripts.runtime.batching import MicroBatcher
+from scripts.runtime.batching import MicroBatcher, QueueFull
 
 
 def test_concurrent_requests_share_batches_and_get_their_own_results():
@@ -162,3 +162,33 @@ def test_with_several_workers_nothing_runs_on_the_loop():
         return threading.get_ident()
 
     assert asyncio.run(main()) not in threads
+
+
+def test_a_request_beyond_max_pending_waiting_is_refused_and_the_queue_then_drains():
+    """One batch runs (held), two requests wait: a fourth is refused at once; once the held batch
+    ends, every accepted request gets its result and the batcher takes requests again."""
+    release = threading.Event()
+
+    def run(items):
+        release.wait(5)
+        return [x + 1 for x in items]
+
+    async def main():
+        b = MicroBatcher(run, max_items=1, max_pending=2)
+        running = asyncio.ensure_future(b.submit([0]))
+        await asyncio.sleep(0.05)  # the first batch has left the queue and holds the worker
+        waiting = [asyncio.ensure_future(b.submit([i])) for i in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull, match="2 requests already wait"):
+            await b.submit([3])
+        release.set()
+        done = await asyncio.gather(running, *waiting)
+        return done, await b.submit([9])
+
+    done, again = asyncio.run(main())
+    assert done == [[1], [2], [3]] and again == [10]
+
+
+def test_max_pending_must_be_positive():
+    with pytest.raises(ValueError, match="max_pending"):
+        MicroBatcher(lambda items: items, max_pending=0)

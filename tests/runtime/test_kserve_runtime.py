@@ -24,7 +24,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from PIL import Image
 
-from handlers.inputs import MAX_IMAGES_PER_REQUEST
+from handlers.limits import DEFAULT_MAX_IMAGES
 from scripts.runtime import decode, kserve_adapter, server
 from handlers.settings import ServingSettings
 from scripts.serve.kserve_native import KServeRuntime
@@ -377,7 +377,7 @@ def test_metrics_endpoint_counts_requests_per_model(runtime, images):
     ("v2", v2_body(["AA=="], shape=[2]), 400, "malformed_request", "shape [2] does not match"),
     ("v2", v2_body([b64(b"junk")]), 400, "invalid_image", "image[0]: body is not an image"),
     ("v2", v2_body(["@@"]), 400, "invalid_base64", "image[0]: not valid base64"),
-    ("v2", v2_body(["AA=="] * (MAX_IMAGES_PER_REQUEST + 1)), 400, "malformed_request", "at most"),
+    ("v2", v2_body(["AA=="] * (DEFAULT_MAX_IMAGES + 1)), 400, "malformed_request", "at most"),
     ("v2", {"inputs": [{"name": "image", "datatype": "BYTES", "data": ["AA=="]}]}, 400, "malformed_request",
      "inputs[0].shape: Field required"),
 ])
@@ -593,7 +593,7 @@ def test_v2_bodies_match_torchserve(runtime, torchserve, images):
     ("v2", v2_body([1.0], datatype="FP32")),
     ("v2", v2_body(["AA=="], shape=[2])),
     ("v2", v2_body([b64(b"junk")])),
-    ("v2", v2_body(["AA=="] * (MAX_IMAGES_PER_REQUEST + 1))),
+    ("v2", v2_body(["AA=="] * (DEFAULT_MAX_IMAGES + 1))),
 ])
 def test_error_bodies_match_torchserve(runtime, torchserve, route, body):
     path = v1 if route == "v1" else v2

@@ -139,6 +139,34 @@ seccompProfile:
 {{- end -}}
 {{- end -}}
 
+{{/* Request limits (values.limits) as each runtime reads them: the KServe-native runtime and
+     our handler from SERVE_* (handlers/settings.py RequestLimits), TorchServe's frontend its own
+     max_request_size and job_queue_size as TS_* (enable_envvars_config). */}}
+{{- define "ic.limitsEnv" -}}
+{{- $l := .ctx.Values.limits -}}
+{{- if eq .runtime "torchserve" -}}
+- name: TS_MAX_REQUEST_SIZE
+  value: {{ printf "%d" (int64 $l.maxRequestBytes) | quote }}
+- name: TS_JOB_QUEUE_SIZE
+  value: {{ printf "%d" (int64 $l.queueSize) | quote }}
+- name: SERVE_MAX_IMAGES_PER_REQUEST
+  value: {{ printf "%d" (int64 $l.maxImagesPerRequest) | quote }}
+{{- else -}}
+- name: SERVE_MAX_REQUEST_BYTES
+  value: {{ printf "%d" (int64 $l.maxRequestBytes) | quote }}
+- name: SERVE_MAX_IMAGES_PER_REQUEST
+  value: {{ printf "%d" (int64 $l.maxImagesPerRequest) | quote }}
+- name: SERVE_QUEUE_SIZE
+  value: {{ printf "%d" (int64 $l.queueSize) | quote }}
+- name: SERVE_MAX_INFLIGHT
+  value: {{ printf "%d" (int64 $l.maxInflight) | quote }}
+- name: SERVE_BODY_TIMEOUT_S
+  value: {{ printf "%d" (int64 $l.bodyTimeoutSeconds) | quote }}
+- name: SERVE_RETRY_AFTER_S
+  value: {{ printf "%d" (int64 $l.retryAfterSeconds) | quote }}
+{{- end }}
+{{- end }}
+
 {{/* The preStop hook of every model container: wait while the Service stops routing to the pod
      and the requests in flight finish (both runtimes' images have sleep). */}}
 {{- define "ic.preStop" -}}

@@ -15,6 +15,7 @@ from typing import Callable
 from PIL import Image
 from tqdm import tqdm
 
+from handlers.limits import max_request_size
 from scripts.harness import machine
 from scripts.harness.reliability.inputs import bad_input_cases, encode
 from scripts.harness.reliability.scenarios import (bad_inputs, held_load, overload, rollout, serving_again,
@@ -129,7 +130,7 @@ def run_suite(checkpoint: Path, data_dir: Path, out: Path, rs: ReliabilitySettin
     work = Workload.from_images(images, reference)
     photo = encode(Image.fromarray(skdata.chelsea()), "JPEG", quality=90)
     cases = bad_input_cases(images[0], photo, model_settings.max_image_bytes,
-                            archive.max_request_size(model_settings.max_image_bytes))
+                            max_request_size(model_settings.max_image_bytes))
     ts = TorchServe(store.root, loopback_settings(), out / "run")
     say("reliability: starting TorchServe")
     ts.start(timeout=180)
