@@ -145,7 +145,7 @@ reliability: setup $(CKPT)  ## full reliability suite on a real TorchServe (~4 m
 	$(PY) -m scripts.harness.reliability --checkpoint $(CKPT) --data-dir $(DATA) --out build/reliability $(RELIABILITY_ARGS)
 
 # --- Benchmarks: every serving path, same model and images, one run --------------------
-.PHONY: bench bench-gpu
+.PHONY: bench bench-gpu abuse
 BENCH_MODELS ?= fashion-mnist imagenet resnet50
 BENCH_REPEATS ?= 3
 bench: setup $(CKPT)  ## every serving path and the FastAPI baseline for each of $(BENCH_MODELS), interleaved rounds, with the in-process limit → docs/bench/bench*.{md,json,png}
@@ -153,6 +153,9 @@ bench: setup $(CKPT)  ## every serving path and the FastAPI baseline for each of
 	  $(PY) -m scripts.harness.bench --bench-model $$m --checkpoint $(CKPT) --data-dir $(DATA) --repeats $(BENCH_REPEATS) \
 	    --limit --out docs/bench $(BENCH_ARGS) || exit 1; \
 	done
+
+abuse: setup $(CKPT)  ## huge bodies, 64 max-size requests, a burst of 400, stalled uploads against both runtimes: answers and peak RSS → docs/bench/abuse.{md,json}
+	$(PY) -m scripts.harness.bench.abuse --checkpoint $(CKPT) --out docs/bench
 
 bench-gpu: setup  ## on a GPU machine: stock TorchServe handler vs our GPU path vs raw fp16 forward, ResNet-50 batch 64 → docs/bench/gpu.{md,json}
 	$(PY) -m scripts.harness.bench.gpu --out docs/bench $(BENCH_ARGS)
