@@ -58,3 +58,9 @@ class Overloaded(InputError):
     """Not the request's fault: the server holds as much as it may; retry after Retry-After."""
     reason = "overloaded"
     status = 503
+
+
+class Unauthenticated(InputError):
+    """No bearer token, or one the server does not accept (REST 401, gRPC UNAUTHENTICATED)."""
+    reason = "unauthenticated"
+    status = 401

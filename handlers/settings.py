@@ -17,6 +17,7 @@ Listener overrides (all optional):
 Request limits (RequestLimits; the chart's `limits` sets them in both runtimes' pods):
   SERVE_MAX_REQUEST_BYTES, SERVE_MAX_IMAGES_PER_REQUEST, SERVE_QUEUE_SIZE, SERVE_MAX_INFLIGHT,
   SERVE_BODY_TIMEOUT_S, SERVE_RETRY_AFTER_S
+Authentication (AuthSettings; the chart's `auth`): SERVE_TOKEN_FILE, a file of bearer tokens
 """
 from __future__ import annotations
 
@@ -160,4 +161,16 @@ class RequestLimits:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "RequestLimits":
+        return from_env(cls, env)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Opt-in bearer-token authentication of the inference APIs (handlers/auth.py): the file of
+    accepted tokens, as a Kubernetes Secret mounts it. Empty: no authentication."""
+
+    token_file: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "AuthSettings":
         return from_env(cls, env)

@@ -2,6 +2,7 @@
 
     python -m scripts.client.predict IMAGE [IMAGE ...] [--model fashion-mnist] [--protocol rest|v1|v2|grpc|oip]
                               [--url http://127.0.0.1:8080] [--grpc-target 127.0.0.1:7070] [--topk K]
+                              [--token TOKEN]   (default: $SERVE_TOKEN; for a server with authentication on)
 
 rest: TorchServe /predictions (raw bytes) · v1: KServe v1 :predict · v2: OIP v2 REST /infer ·
 grpc: TorchServe's gRPC Predictions · oip: OIP gRPC (the KServe-native runtime).
@@ -9,9 +10,11 @@ grpc: TorchServe's gRPC Predictions · oip: OIP gRPC (the KServe-native runtime)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from handlers.auth import TOKEN_ENV
 from scripts.client import wire
 from scripts.client.wire import PredictError
 from handlers.settings import ServingSettings
@@ -28,16 +31,16 @@ def predict(image: Path | bytes, model: str, base_url: str | None = None, timeou
 
 
 def predict_with(protocol: str, images: list[bytes], model: str, url: str, target: str,
-                 topk: int | None) -> list[dict]:
+                 topk: int | None, token: str | None = None) -> list[dict]:
     if protocol == "rest":
-        return [wire.rest_native(url, model, i, topk) for i in images]
+        return [wire.rest_native(url, model, i, topk, token=token) for i in images]
     if protocol == "v1":
-        return wire.rest_v1(url, model, images, topk)
+        return wire.rest_v1(url, model, images, topk, token)
     if protocol == "v2":
-        return wire.rest_v2(url, model, images, topk)
+        return wire.rest_v2(url, model, images, topk, token)
     if protocol == "grpc":
-        return [wire.grpc_native(target, model, i) for i in images]
-    return wire.grpc_oip(target, model, images, topk)
+        return [wire.grpc_native(target, model, i, token=token) for i in images]
+    return wire.grpc_oip(target, model, images, topk, token)
 
 
 def format_topk(topk: dict) -> str:
@@ -53,6 +56,8 @@ def main(argv=None) -> int:
     p.add_argument("--url", default=settings.inference_url, help="REST base URL")
     p.add_argument("--grpc-target", default=f"{settings.host}:{settings.grpc_inference_port}")
     p.add_argument("--topk", type=int, default=None)
+    p.add_argument("--token", default=os.environ.get(TOKEN_ENV) or None,
+                   help=f"bearer token for a server with authentication on (default: ${TOKEN_ENV})")
     args = p.parse_args(argv)
     missing = [str(i) for i in args.images if not i.is_file()]
     if missing:
@@ -60,7 +65,7 @@ def main(argv=None) -> int:
         return 1
     try:
         results = predict_with(args.protocol, [i.read_bytes() for i in args.images], args.model,
-                               args.url, args.grpc_target, args.topk)
+                               args.url, args.grpc_target, args.topk, args.token)
     except PredictError as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 1

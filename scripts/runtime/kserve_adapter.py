@@ -20,10 +20,11 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
 from timing_asgi import TimingMiddleware
 
+from handlers.auth import TokenFile
 from handlers.settings import RequestLimits
 from scripts.runtime.dataplane import ClassifierDataPlane
-from scripts.runtime.transport import (BinaryTensorBodies, InterceptorForRefusals, RequestGate, invalid_body_response,
-                                       model_config_unsupported, refused_response)
+from scripts.runtime.transport import (BearerAuth, BearerAuthInterceptor, BinaryTensorBodies, InterceptorForRefusals,
+                                       RequestGate, invalid_body_response, model_config_unsupported, refused_response)
 
 # What this module copies or relies on in kserve 0.21.0, by the sha256 (first 16 hex digits) of the
 # installed source of each: a kserve whose copy differs fails tests/runtime/test_kserve_adapter.py
@@ -43,8 +44,10 @@ PRIVATE_NAMES = {
 
 
 class BoundRESTServer(RESTServer):
-    def __init__(self, host: str, *args, limits: RequestLimits | None = None, **kwargs):
-        self.limits = limits or RequestLimits()  # create_application (in super().__init__) reads it
+    def __init__(self, host: str, *args, limits: RequestLimits | None = None, tokens: TokenFile | None = None,
+                 **kwargs):
+        self.limits = limits or RequestLimits()  # create_application (in super().__init__) reads these
+        self.tokens = tokens
         super().__init__(*args, **kwargs)
         self.config.host = host  # kserve 0.21 hard-codes 0.0.0.0; uvicorn reads it at start-up
 
@@ -63,6 +66,8 @@ class BoundRESTServer(RESTServer):
         model_server.app.add_exception_handler(RequestValidationError, invalid_body_response)
         model_server.app.add_middleware(BinaryTensorBodies)
         model_server.app.add_middleware(RequestGate, limits=self.limits)  # the last added runs first
+        if self.tokens is not None:
+            model_server.app.add_middleware(BearerAuth, tokens=self.tokens)
         for path in ("/v2/models/{model_name}/config", "/v2/models/{model_name}/versions/{model_version}/config"):
             model_server.app.add_api_route(path, model_config_unsupported, methods=["GET"])
 
@@ -79,10 +84,12 @@ class VersionedServicer(InferenceServicer):
 
 
 class BoundGRPCServer(GRPCServer):
-    def __init__(self, host: str, *args, limits: RequestLimits | None = None, **kwargs):
+    def __init__(self, host: str, *args, limits: RequestLimits | None = None, tokens: TokenFile | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.address = f"[{host}]:{self._port}" if ":" in host else f"{host}:{self._port}"
         self.limits = limits or RequestLimits()
+        self.tokens = tokens
 
     async def start(self, max_workers: int) -> None:
         """kserve 0.21's GRPCServer.start, listening on `self.address` instead of "[::]:port",
@@ -91,7 +98,8 @@ class BoundGRPCServer(GRPCServer):
         does a call beyond max_inflight at once."""
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=(LoggingInterceptor(), InterceptorForRefusals()),
+            interceptors=(*([BearerAuthInterceptor(self.tokens)] if self.tokens is not None else []),
+                          LoggingInterceptor(), InterceptorForRefusals()),
             options=[("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
                      ("grpc.max_receive_message_length", self.limits.max_request_bytes)],
             maximum_concurrent_rpcs=self.limits.max_inflight)
@@ -107,10 +115,11 @@ class BoundModelServer(ModelServer):
     """kserve.ModelServer whose listeners bind `host`: kserve 0.21 binds every interface and has no
     setting for it. A pod passes --host 0.0.0.0; tests and laptops stay on loopback."""
 
-    def __init__(self, host: str, limits: RequestLimits | None = None, **kwargs):
+    def __init__(self, host: str, limits: RequestLimits | None = None, tokens: TokenFile | None = None, **kwargs):
         super().__init__(**kwargs)
         self.host = host
         self.limits = limits or RequestLimits()
+        self.tokens = tokens  # None: no authentication
         self.dataplane = ClassifierDataPlane(model_registry=self.registered_models)
 
     def start(self, models: list[Model]) -> None:
@@ -119,10 +128,11 @@ class BoundModelServer(ModelServer):
         self._rest_server = BoundRESTServer(
             self.host, FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
             self.http_port, access_log_format=self.access_log_format, grace_period=self.grace_period,
-            event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive, limits=self.limits)
+            event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive, limits=self.limits,
+            tokens=self.tokens)
         self._grpc_server = BoundGRPCServer(
             self.host, self.grpc_port, self.dataplane, self.model_repository_extension,
-            kwargs=vars(model_server.args), grace_period=self.grace_period, limits=self.limits)
+            kwargs=vars(model_server.args), grace_period=self.grace_period, limits=self.limits, tokens=self.tokens)
         self.servers = [self._rest_server.start(), self._grpc_server.start(self.max_threads)]
         with asyncio.Runner(loop_factory=loop_factory(self.event_loop)) as runner:
             # kserve 0.21 configures asyncio.get_event_loop() and then asyncio.run()s on a new,

@@ -9,7 +9,8 @@ Serves KServe v1 REST (`POST /v1/models/<m>:predict`), Open Inference Protocol v
 KServe's Prometheus `/metrics` on the HTTP port. kserve's own flags (e.g. `--enable_docs_url true`)
 come from its parser, a parent of ours. Request limits (body size, images per request, queue,
 requests at once, body timeout) come from the SERVE_* environment (handlers/settings.py
-RequestLimits), as the chart's `limits` sets them.
+RequestLimits), as the chart's `limits` sets them; SERVE_TOKEN_FILE turns on bearer-token
+authentication (handlers/auth.py; the chart's `auth`).
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from kserve import model_server
 
 from scripts.runtime.kserve_adapter import BoundModelServer
 from scripts.runtime.model import INLINE_BELOW_MS, MarModel
-from handlers.settings import RequestLimits, ServingSettings, SettingsError
+from handlers.auth import TokenFile
+from handlers.settings import AuthSettings, RequestLimits, ServingSettings, SettingsError
 
 # kserve flags this runtime does not act on: one REST process, gRPC always on, no TLS; the gRPC
 # message limit is SERVE_MAX_REQUEST_BYTES, the same for REST and gRPC
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{', '.join(unused)}: not used by this runtime (one REST process, gRPC always on, no TLS; "
                      "the gRPC message limit is SERVE_MAX_REQUEST_BYTES)")
     try:
-        limits = RequestLimits.from_env()
+        limits, auth = RequestLimits.from_env(), AuthSettings.from_env()
     except SettingsError as e:
         print(f"kserve runtime: error: {e}", file=sys.stderr)
         return 2
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         # kserve logs a latency line per request by default; /metrics already has those timings
         latency_log = args.enable_latency_logging if given(argv, "--enable_latency_logging") else False
-        BoundModelServer(args.host, limits=limits, http_port=args.http_port, grpc_port=args.grpc_port,
+        tokens = TokenFile(auth.token_file) if auth.token_file else None
+        BoundModelServer(args.host, limits=limits, tokens=tokens, http_port=args.http_port, grpc_port=args.grpc_port,
                          enable_latency_logging=latency_log).start(models)
     return 0
 

@@ -9,11 +9,12 @@ import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from grpc import StatusCode
+from grpc import StatusCode, aio, unary_unary_rpc_method_handler
 from kserve.errors import InvalidInput
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 
-from handlers.errors import InputError, MalformedRequest, Overloaded, RequestTimeout, RequestTooLarge
+from handlers.auth import SCHEME, TokenFile
+from handlers.errors import InputError, MalformedRequest, Overloaded, RequestTimeout, RequestTooLarge, Unauthenticated
 from handlers.settings import RequestLimits
 from scripts.runtime.decode import INFERENCE_HEADER_LENGTH, schema_problems
 from scripts.runtime.model import RequestRefused
@@ -149,12 +150,60 @@ async def read_body(receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-async def refuse(send, error: InputError, retry_after_s: int | None = None) -> None:
+async def refuse(send, error: InputError, retry_after_s: int | None = None,
+                 extra: list[tuple[bytes, bytes]] = ()) -> None:
     """Our JSON error body; the connection closes after it (the body may be left unread)."""
     body = orjson.dumps(error.to_dict())
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
+               (b"connection", b"close"), *extra]
     if retry_after_s is not None:
         headers.append((b"retry-after", str(retry_after_s).encode()))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+# What a kubelet, a load balancer and Prometheus call without credentials
+OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready", "/metrics"})
+OPEN_GRPC_METHODS = frozenset(f"/inference.GRPCInferenceService/{m}" for m in ("ServerLive", "ServerReady", "ModelReady"))
+REALM = b'realm="image-classifier"'
+
+
+class BearerAuth:
+    """ASGI middleware, outermost: every REST route but the probes and /metrics needs
+    `Authorization: Bearer <token>` with a token of the file; otherwise 401 with our JSON body and
+    WWW-Authenticate, before the body is read (an unauthenticated caller holds no slot)."""
+
+    def __init__(self, app, tokens: TokenFile):
+        self.app, self.tokens = app, tokens
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        given = next((v for k, v in scope.get("headers", []) if k == b"authorization"), None)
+        if self.tokens.accepts(given):
+            return await self.app(scope, receive, send)
+        challenge = SCHEME.encode() + b" " + REALM + (b', error="invalid_token"' if given else b"")
+        await refuse(send, Unauthenticated("a bearer token is required (Authorization: Bearer <token>)" if given is None
+                                           else "the bearer token is not accepted"),
+                     extra=[(b"www-authenticate", challenge)])
+
+
+class BearerAuthInterceptor(aio.ServerInterceptor):
+    """gRPC: every method but the health ones needs metadata `authorization: Bearer <token>`;
+    otherwise UNAUTHENTICATED (all OIP methods are unary)."""
+
+    def __init__(self, tokens: TokenFile):
+        self.tokens = tokens
+
+    async def intercept_service(self, continuation, details):
+        if details.method in OPEN_GRPC_METHODS:
+            return await continuation(details)
+        given = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
+        if self.tokens.accepts(given):
+            return await continuation(details)
+        message = "a bearer token is required (metadata authorization: Bearer <token>)" if given is None \
+            else "the bearer token is not accepted"
+
+        async def deny(request, context):
+            await context.abort(StatusCode.UNAUTHENTICATED, message)
+        return unary_unary_rpc_method_handler(deny)

@@ -30,7 +30,8 @@ from scripts.deploy import k8s_render
 from scripts.deploy import k8s_validate
 from scripts.runtime.server import get_args_parser
 from scripts.cluster import kserve as kserve_mod
-from handlers.settings import RequestLimits, ServingSettings
+from handlers.auth import TokenFile
+from handlers.settings import AuthSettings, RequestLimits, ServingSettings
 from scripts.serve.settings import KSERVE_MODEL_MOUNT, loopback_settings
 from scripts.serve.torchserve import TorchServe
 from tests.helpers import IMAGENET_NAME
@@ -547,6 +548,30 @@ def test_grpc_v2_values():
     assert {p["port"] for p in np["spec"]["ingress"][0]["ports"]} == {8080, 8081}
 
 
+def test_auth_values_mount_the_secret_where_the_runtime_reads_its_tokens(tmp_path):
+    objs = render("auth-values.yaml")
+    secret = one(objs, "Secret", "image-classifier-tokens")
+    tokens = tmp_path / "tokens"
+    tokens.write_text(secret["stringData"]["tokens"])
+    assert TokenFile(tokens).tokens() == (b"ci-token-0f3c9a",)
+    c = runtime_container(objs, "kserve-native")
+    token_file = AuthSettings.from_env(env_of(c)).token_file
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "tokens")
+    assert token_file == f"{mount['mountPath']}/tokens" and mount["readOnly"] and "subPath" not in mount
+    volume = next(v for v in one(objs, "ServingRuntime", "image-classifier-kserve-native")["spec"]["volumes"]
+                  if v["name"] == "tokens")
+    assert volume["secret"] == {"secretName": "image-classifier-tokens", "items": [{"key": "tokens", "path": "tokens"}]}
+    # the default: no authentication, no Secret
+    default = render()
+    assert not of_kind([o for o in default if o["metadata"]["name"] == "image-classifier-tokens"], "Secret")
+    assert "SERVE_TOKEN_FILE" not in env_of(runtime_container(default, "kserve-native"))
+    # a Secret made outside the chart: mounted, not rendered
+    own = render("auth-values.yaml", "auth.createSecret=false", "auth.secretName=my-tokens")
+    assert not [o for o in own if o["kind"] == "Secret" and "tokens" in o["metadata"]["name"]]
+    assert next(v for v in one(own, "ServingRuntime", "image-classifier-kserve-native")["spec"]["volumes"]
+                if v["name"] == "tokens")["secret"]["secretName"] == "my-tokens"
+
+
 def test_knative_canary_values():
     objs = render("knative-canary-values.yaml")
     fm = isvc(objs, "fashion-mnist")
@@ -648,6 +673,8 @@ def refused_values(values: dict, tmp_path: Path) -> str:
     ({"limits": {"queueSize": 0}}, "/limits/queueSize"),
     ({"limits": {"maxRequestBytes": "8M"}}, "/limits/maxRequestBytes"),
     ({"limits": {"timeout": 3}}, "/limits"),  # unknown key
+    ({"auth": {"token": "two words"}}, "/auth/token"),
+    ({"auth": {"enabled": "yes"}}, "/auth/enabled"),
 ])
 def test_schema_refuses_bad_values(values, where, tmp_path):
     err = refused_values(values, tmp_path)
@@ -666,6 +693,7 @@ def test_schema_refuses_bad_values(values, where, tmp_path):
     (model(storageUri="gs://bucket/m"), "needs storage.credentials.type gcs"),
     ({"runtimes": {"torchserve": {"enabled": False}}}, "runtimes.torchserve.enabled is false"),
     ({"monitoring": {"serviceMonitor": {"enabled": True}}}, "enable one"),
+    ({"auth": {"enabled": True}}, "auth.enabled needs runtime kserve-native"),
 ])
 def test_template_refuses_inconsistent_values(values, message, tmp_path):
     assert message in refused_values(values, tmp_path)

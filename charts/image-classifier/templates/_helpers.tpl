@@ -113,6 +113,9 @@ seccompProfile:
 {{- if and (eq .runtime "torchserve") (not $v.runtimes.torchserve.enabled) -}}
 {{- fail (printf "models[%s] uses runtime torchserve but runtimes.torchserve.enabled is false" .name) -}}
 {{- end -}}
+{{- if and $v.auth.enabled (eq .runtime "torchserve") -}}
+{{- fail (printf "models[%s]: auth.enabled needs runtime kserve-native (the torchserve runtime does not authenticate callers yet)" .name) -}}
+{{- end -}}
 {{- if and (eq .runtime "kserve-native") (not $v.runtimes.kserveNative.enabled) -}}
 {{- fail (printf "models[%s] uses runtime kserve-native but runtimes.kserveNative.enabled is false" .name) -}}
 {{- end -}}
@@ -166,6 +169,9 @@ seccompProfile:
   value: {{ printf "%d" (int64 $l.retryAfterSeconds) | quote }}
 {{- end }}
 {{- end }}
+
+{{/* Where the runtime reads the accepted bearer tokens (auth.enabled). */}}
+{{- define "ic.tokenDir" -}}/var/run/secrets/image-classifier{{- end -}}
 
 {{/* The preStop hook of every model container: wait while the Service stops routing to the pod
      and the requests in flight finish (both runtimes' images have sleep). */}}
