@@ -12,7 +12,9 @@ from grpc import aio
 from kserve import Model, ModelServer, model_server
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.errors import InvalidInput
+from kserve.errors import ModelNotFound
 from kserve.logging import logger
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.interceptors import LoggingInterceptor
 from kserve.protocol.grpc.server import GRPCServer
@@ -23,8 +25,10 @@ from timing_asgi import TimingMiddleware
 from handlers.auth import TokenFile
 from handlers.settings import RequestLimits
 from scripts.runtime.dataplane import ClassifierDataPlane
+from scripts.runtime.model import RequestRefused
 from scripts.runtime.transport import (BearerAuth, BearerAuthInterceptor, BinaryTensorBodies, InterceptorForRefusals,
-                                       RequestGate, invalid_body_response, model_config_unsupported, refused_response)
+                                       ModelVersions, NotAllowed, RequestGate, invalid_body_response,
+                                       model_config_unsupported, refused_response)
 
 # What this module copies or relies on in kserve 0.21.0, by the sha256 (first 16 hex digits) of the
 # installed source of each: a kserve whose copy differs fails tests/runtime/test_kserve_adapter.py
@@ -40,6 +44,7 @@ PRIVATE_NAMES = {
     "kserve.model_server.ModelServer": ("_register_and_check_atleast_one_model_is_ready", "_serve"),
     "kserve.protocol.grpc.server.GRPCServer": ("_port", "_data_plane", "_model_repository_extension", "_kwargs"),
     "kserve.protocol.grpc.servicer.InferenceServicer": ("_data_plane",),
+    "kserve.protocol.model_repository_extension.ModelRepositoryExtension": ("_model_registry",),
 }
 
 
@@ -65,11 +70,32 @@ class BoundRESTServer(RESTServer):
         model_server.app.add_exception_handler(InvalidInput, refused_response)
         model_server.app.add_exception_handler(RequestValidationError, invalid_body_response)
         model_server.app.add_middleware(BinaryTensorBodies)
+        models = self.dataplane.model_registry
+        model_server.app.add_middleware(ModelVersions, versions=lambda: {
+            name: getattr(m, "version", None) for name, m in models.get_models().items()})
         model_server.app.add_middleware(RequestGate, limits=self.limits)  # the last added runs first
         if self.tokens is not None:
             model_server.app.add_middleware(BearerAuth, tokens=self.tokens)
         for path in ("/v2/models/{model_name}/config", "/v2/models/{model_name}/versions/{model_version}/config"):
             model_server.app.add_api_route(path, model_config_unsupported, methods=["GET"])
+
+
+class FixedModels(ModelRepositoryExtension):
+    """The models are the model store's, loaded at start-up (as TorchServe with its model API
+    off): loading one that is loaded answers as kserve does, an unknown one 404 (kserve: 503), and
+    unloading is refused (kserve would stop the model for good: it cannot load it again)."""
+
+    async def load(self, model_name: str) -> None:
+        if self._model_registry.get_model(model_name) is None:
+            raise ModelNotFound(model_name)
+        await super().load(model_name)
+
+    async def unload(self, model_name: str) -> None:
+        if self._model_registry.get_model(model_name) is None:
+            raise ModelNotFound(model_name)
+        error = NotAllowed(f"model {model_name} stays loaded: this runtime serves the models of its model store, "
+                           "loaded at start-up (roll out a new model version instead)")
+        raise RequestRefused(error.status, error.to_dict())
 
 
 class VersionedServicer(InferenceServicer):
@@ -121,6 +147,7 @@ class BoundModelServer(ModelServer):
         self.limits = limits or RequestLimits()
         self.tokens = tokens  # None: no authentication
         self.dataplane = ClassifierDataPlane(model_registry=self.registered_models)
+        self.model_repository_extension = FixedModels(model_registry=self.registered_models)
 
     def start(self, models: list[Model]) -> None:
         # kserve 0.21's ModelServer.start for one REST process (no TLS), with `host` passed down

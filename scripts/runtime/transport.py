@@ -4,6 +4,9 @@ refuses; the REST edge's limits (RequestGate)."""
 from __future__ import annotations
 
 import asyncio
+import re
+from typing import Callable
+from urllib.parse import parse_qsl, unquote, urlencode
 
 import orjson
 from fastapi import Request
@@ -69,11 +72,24 @@ async def model_config_unsupported(model_name: str, model_version: str | None = 
     return JSONResponse(error.to_dict(), status_code=error.status)
 
 
+class NotAllowed(InputError):
+    reason = "not_allowed"
+    status = 403
+
+
+class UnknownVersion(InputError):
+    reason = "model_not_found"
+    status = 404
+
+
+GRPC_CODES = {Overloaded.status: StatusCode.UNAVAILABLE,  # retryable, as Triton answers a full queue
+              NotAllowed.status: StatusCode.PERMISSION_DENIED}
+
+
 class InterceptorForRefusals(ExceptionToStatusInterceptor):
     async def handle_exception(self, ex: Exception, request_or_iterator, context, method_name: str):
         if isinstance(ex, RequestRefused):  # a client's bad input: no ERROR log with a traceback
-            full = ex.status == Overloaded.status  # retryable, as Triton answers a full queue
-            await context.abort(StatusCode.UNAVAILABLE if full else StatusCode.INVALID_ARGUMENT, ex.reason)
+            await context.abort(GRPC_CODES.get(ex.status, StatusCode.INVALID_ARGUMENT), ex.reason)
         else:
             await super().handle_exception(ex, request_or_iterator, context, method_name)
 
@@ -207,3 +223,37 @@ class BearerAuthInterceptor(aio.ServerInterceptor):
         async def deny(request, context):
             await context.abort(StatusCode.UNAUTHENTICATED, message)
         return unary_unary_rpc_method_handler(deny)
+
+
+VERSIONED_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)(?P<rest>/.*)?$")
+
+
+class ModelVersions:
+    """ASGI middleware: OIP's versioned routes (`/v2/models/<m>/versions/<v>[/ready|/infer]`, and
+    `?model_version=<v>`) name the version a model serves, or get a 404 naming the one it has.
+    kserve 0.21 answers any version with 501, a server error. `versions()` maps each served
+    model to its version."""
+
+    def __init__(self, app, versions: Callable[[], dict[str, str]]):
+        self.app, self.versions = app, versions
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope.get("path", "").startswith("/v2/models/"):
+            return await self.app(scope, receive, send)
+        path, query = scope["path"], parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        match = VERSIONED_PATH.match(path)
+        name = unquote(match["name"]) if match else path.split("/")[3]
+        asked = [unquote(match["version"])] if match else []
+        asked += [v for k, v in query if k == "model_version" and v]
+        if not asked:
+            return await self.app(scope, receive, send)
+        served = self.versions().get(name)
+        if served is None:
+            return await refuse(send, UnknownVersion(f"no model named {name!r} is served here"))
+        wrong = next((v for v in asked if v != served), None)
+        if wrong is not None:
+            return await refuse(send, UnknownVersion(f"model {name} has no version {wrong!r} (it serves version {served})"))
+        if match:
+            path = f"/v2/models/{match['name']}{match['rest'] or ''}"
+        query_string = urlencode([(k, v) for k, v in query if k != "model_version"]).encode()
+        await self.app({**scope, "path": path, "raw_path": path.encode(), "query_string": query_string}, receive, send)
