@@ -34,7 +34,7 @@ from scripts.serve.settings import DEFAULT_MODEL, KSERVE_MODEL_MOUNT, FrontendSe
 
 log = logging.getLogger("archive")
 DEFAULT_VERSION = "1.0"
-POLICIES = {"light": policy.LIGHT, "heavy": policy.HEAVY}
+POLICIES = {"light": policy.LIGHT, "heavy": policy.HEAVY, "parallel": policy.PARALLEL}
 REPO = Path(__file__).resolve().parents[2]
 HANDLERS_DIR = REPO / "handlers"
 HANDLER_ENTRY = HANDLERS_DIR / "torchserve_handler.py"
@@ -65,7 +65,7 @@ def model_spec_from_checkpoint(ckpt: dict, name: str, version: str, topk: int = 
     arch = nets.ARCHS[ckpt["arch"]["name"]]
     preprocess = checkpoint.preprocess_spec(ckpt)
     if model_settings.policy is None:
-        chosen, why = policy.choose(checkpoint.build_net(ckpt), preprocess)
+        chosen, why = policy.choose(checkpoint.build_net(ckpt), preprocess, fmt)
     else:
         chosen, why = model_settings.policy, "policy given"
     serving = model_settings.apply(chosen)

@@ -21,7 +21,8 @@ def test_mar_holds_exactly_what_serving_needs(unpacked_mar, manifest):
                      "torchserve_handler.py", "handlers/__init__.py", "handlers/classifier.py",
                      "handlers/errors.py", "handlers/inputs.py", "handlers/preprocess.py",
                      "handlers/responses.py", "handlers/limits.py", "handlers/metrics.py",
-                     "handlers/spec.py", "handlers/accel.py", "handlers/settings.py", "handlers/networks.py"}
+                     "handlers/spec.py", "handlers/accel.py", "handlers/settings.py", "handlers/networks.py",
+                     "handlers/auth.py"}
     assert manifest["model"] == {"modelName": MODEL_NAME, "serializedFile": "weights.pt",
                                  "handler": "torchserve_handler.py", "modelVersion": "1.0"}
 

@@ -27,3 +27,16 @@ def test_flops_are_counted_not_timed():
     # the same network on 4 times the pixels costs about 4 times as much
     big = PreprocessSpec(height=56, width=56, channels=1, mean=(0.5,), std=(0.5,))
     assert 3.5 < policy.forward_flops(net("small_cnn", big, 10), big) / policy.forward_flops(n, GRAY_28) < 4.5
+
+
+def test_an_onnx_archive_of_a_mid_size_model_runs_single_thread_passes_side_by_side():
+    """EfficientNet-Lite0 (0.77 GFLOPs) as ONNX: two one-thread passes (parallel); as eager, and
+    ResNet-50 (8.2 GFLOPs) in either format: one pass on every CPU (heavy); light stays light."""
+    lite = net("efficientnet_lite", RGB_224, 1000)
+    chosen, why = policy.choose(lite, RGB_224, "onnx")
+    assert chosen == policy.PARALLEL and "single-thread passes side by side" in why
+    assert (chosen.workers, chosen.batch_size, chosen.torch_threads) == (2, 1, 1)
+    assert policy.choose(lite, RGB_224, "eager")[0] == policy.HEAVY
+    assert policy.choose(lite, RGB_224, "torchscript")[0] == policy.HEAVY
+    assert policy.choose(net("resnet50", RGB_224, 1000), RGB_224, "onnx")[0] == policy.HEAVY
+    assert policy.choose(net("small_cnn", GRAY_28, 10), GRAY_28, "onnx")[0] == policy.LIGHT
