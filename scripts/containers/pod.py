@@ -5,7 +5,8 @@ securityContext, volumes and resources, and the spec's startup, readiness and li
 for real (exec inside the container, httpGet/tcpSocket against the container's port).
 
 What has no local equivalent is said where it is handled: ports are published on 127.0.0.1 (a
-pod's IP is not reachable here), persistentVolumeClaim volumes are host folders the caller names.
+pod's IP is not reachable here), persistentVolumeClaim volumes are host folders the caller names,
+secret volumes read-only folders of the data the caller gives for each Secret.
 Resources: limits.cpu is a CFS quota (--cpus), limits.memory the memory cgroup's limit, requests.cpu
 cpu shares, as the kubelet sets them; requests.memory only steers a scheduler and ephemeral-storage
 is enforced by kubelet eviction, so neither has an effect here."""
@@ -76,11 +77,13 @@ class PodRunner:
     name to the host folder that stands for its volume (mounted with the spec's subPath and
     readOnly). `extra_ports` are further container ports to publish (e.g. a scrape port named only
     by an annotation). `max_probe_period` shortens probe periods for tests (thresholds and timeouts
-    stay as declared)."""
+    stay as declared). `secrets` maps a Secret's name to its data: a secret volume is a read-only
+    folder of its keys (or of the volume's items), as the kubelet writes it."""
 
     pod_spec: dict
     name: str
     claims: dict[str, Path] = field(default_factory=dict)
+    secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # Secret name → its data (decoded)
     extra_ports: tuple[int, ...] = ()
     engine: Engine | None = None
     max_probe_period: float | None = None
@@ -148,9 +151,31 @@ class PodRunner:
                     raise PodRunError(f"volume {m['name']}: subPath {m.get('subPath')!r} does not exist in "
                                       f"claim {claim} ({sorted(p.name for p in self.claims[claim].iterdir())})")
                 args += ["-v", f"{src}:{m['mountPath']}{ro}"]
+            elif "secret" in volume:
+                args += ["-v", f"{self.secret_path(volume)}:{m['mountPath']}:ro"]
             else:
-                raise PodRunError(f"volume {m['name']}: only emptyDir and persistentVolumeClaim run locally")
+                raise PodRunError(f"volume {m['name']}: only emptyDir, persistentVolumeClaim and secret run locally")
         return args
+
+    def secret_path(self, volume: dict) -> Path:
+        """The Secret's keys as files (mode 0444: the container's user reads them), written once."""
+        source = volume["secret"]
+        name = source["secretName"]
+        if name not in self.secrets:
+            raise PodRunError(f"volume {volume['name']}: no data given for Secret {name!r}")
+        data = self.secrets[name]
+        items = source.get("items") or [{"key": k, "path": k} for k in data]
+        folder = self.volume_root / f"secret-{volume['name']}"
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            for item in items:
+                if item["key"] not in data:
+                    raise PodRunError(f"volume {volume['name']}: Secret {name} has no key {item['key']!r}")
+                target = folder / item["path"]
+                target.write_text(data[item["key"]])
+                target.chmod(0o444)
+            folder.chmod(0o755)
+        return folder
 
     def emptydir_path(self, volume: dict) -> Path:
         return self.volume_root / volume["name"]

@@ -8,7 +8,7 @@ import asyncio
 from concurrent import futures
 
 from fastapi.exceptions import RequestValidationError
-from grpc import aio
+from grpc import StatusCode, aio
 from kserve import Model, ModelServer, model_server
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
 from kserve.errors import InvalidInput
@@ -100,13 +100,31 @@ class FixedModels(ModelRepositoryExtension):
 
 class VersionedServicer(InferenceServicer):
     """kserve's gRPC servicer, whose ModelMetadata also names the model's versions: kserve 0.21
-    drops them over gRPC (REST has them), and Triton's clients read them."""
+    drops them over gRPC (REST has them), and Triton's clients read them. A version asked for
+    (the requests' `version` / `model_version`) must be the model's own: kserve 0.21 serves any
+    version it is asked for; here another one gets NOT_FOUND, as on REST."""
+
+    async def _check_version(self, name: str, version: str, context) -> None:
+        model = self._data_plane.model_registry.get_model(name)
+        served = getattr(model, "version", None)
+        if version and served is not None and version != served:
+            await context.abort(StatusCode.NOT_FOUND, f"model {name} has no version {version!r} "
+                                                      f"(it serves version {served})")
 
     async def ModelMetadata(self, request, context):
+        await self._check_version(request.name, request.version, context)
         response = await super().ModelMetadata(request, context)
         metadata = await self._data_plane.model_metadata(model_name=request.name)
         response.versions.extend(metadata.get("versions", []))
         return response
+
+    async def ModelReady(self, request, context):
+        await self._check_version(request.name, request.version, context)
+        return await super().ModelReady(request, context)
+
+    async def ModelInfer(self, request, context):
+        await self._check_version(request.model_name, request.model_version, context)
+        return await super().ModelInfer(request, context)
 
 
 class BoundGRPCServer(GRPCServer):

@@ -19,6 +19,7 @@ object store (none here: KServe's storage initializer is replaced by a copy from
 """
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -33,6 +34,7 @@ import requests
 from PIL import Image
 from skimage import data as skdata
 
+from handlers.settings import AuthSettings
 from scripts.serve import archive
 
 from scripts.client import wire
@@ -148,8 +150,33 @@ def runner_for(objs, name: str, claim_root: Path, tmp_path: Path, spec: dict | N
               if "persistentVolumeClaim" in v}
     if OBJECT_STORE in claims:
         claims[OBJECT_STORE] = claim_root / OBJECT_STORE
-    return PodRunner(spec, name, claims=claims, extra_ports=tuple(sorted(metrics_ports(objs, isvc))),
+    return PodRunner(spec, name, claims=claims, secrets=secrets_of(objs),
+                     extra_ports=tuple(sorted(metrics_ports(objs, isvc))),
                      max_probe_period=PROBE_PERIOD_S, log_dir=tmp_path / "logs")
+
+
+def secrets_of(objs) -> dict[str, dict[str, str]]:
+    """The chart's Secrets as a kubelet would read them (stringData, or data base64-decoded)."""
+    out = {}
+    for o in of_kind(objs, "Secret"):
+        data = {k: base64.b64decode(v).decode() for k, v in (o.get("data") or {}).items()}
+        out[o["metadata"]["name"]] = {**data, **(o.get("stringData") or {})}
+    return out
+
+
+def token_for(objs, name: str) -> str | None:
+    """The first token a predictor accepts, when its chart turns authentication on."""
+    spec = predictor_pod(objs, one(objs, "InferenceService", name))
+    container = spec["containers"][0]
+    env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    token_file = AuthSettings.from_env(env).token_file
+    if not token_file:
+        return None
+    mount = next(m for m in container["volumeMounts"] if token_file.startswith(m["mountPath"] + "/"))
+    secret = next(v["secret"] for v in spec["volumes"] if v["name"] == mount["name"])
+    key = next(i["key"] for i in secret["items"] if f"{mount['mountPath']}/{i['path']}" == token_file)
+    tokens = secrets_of(objs)[secret["secretName"]][key]
+    return next(line.strip() for line in tokens.splitlines() if line.strip() and not line.startswith("#"))
 
 
 def routed_port(objs, name: str) -> tuple[str, int]:
@@ -159,14 +186,15 @@ def routed_port(objs, name: str) -> tuple[str, int]:
     return protocol, serving_port(predictor_pod(objs, isvc)["containers"][0], protocol, knative)
 
 
-def call(runner: PodRunner, protocol: str, port: int, model: str, batch: list[bytes]) -> list[dict]:
+def call(runner: PodRunner, protocol: str, port: int, model: str, batch: list[bytes],
+         token: str | None = None) -> list[dict]:
     try:
         if protocol == "v1":
-            return wire.rest_v1(runner.url(port), model, batch)
+            return wire.rest_v1(runner.url(port), model, batch, token=token)
         if protocol == "v2":
-            return wire.rest_v2(runner.url(port), model, batch)
+            return wire.rest_v2(runner.url(port), model, batch, token=token)
         if protocol == "grpc-v2":
-            return wire.grpc_oip(runner.address(port), model, batch)
+            return wire.grpc_oip(runner.address(port), model, batch, token=token)
     except wire.PredictError as e:
         raise PodRunError(f"{protocol} call to {model} on container port {port} failed: {e}\n"
                           f"its log:\n{runner.logs()}") from None
@@ -227,7 +255,11 @@ def test_predictor_pod_runs_as_declared(values, name, runtime_images, claim_root
         liveness = pod.probe("livenessProbe")
         assert liveness.ok, liveness.why
         assert_security_context_in_force(pod)
-        answers = call(pod, protocol, port, name, [image, image])
+        token = token_for(objs, name)
+        if token is not None:  # the chart's Secret, mounted: a call without its token is refused
+            with pytest.raises(PodRunError, match="HTTP 401|gRPC UNAUTHENTICATED"):
+                call(pod, protocol, port, name, [image])
+        answers = call(pod, protocol, port, name, [image, image], token)
         for answer in answers:
             assert len(answer) == 5 and next(iter(answer)) in right, answer
             probabilities = list(answer.values())

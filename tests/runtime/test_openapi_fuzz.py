@@ -3,15 +3,19 @@ kserve serves), bounded in examples and with a fixed seed: no generated request 
 It found, and these now answer 4xx: a model version asked for on OIP's versioned routes (kserve:
 501 for any version; now the model's own version is served and another one gets 404), and loading
 an unknown model through the repository extension (kserve: 503; now 404). It also showed that
-kserve would let any caller unload a model for good: unloading is refused (403)."""
+kserve would let any caller unload a model for good: unloading is refused (403). gRPC, which kserve
+lets serve any version asked for, refuses another version too (NOT_FOUND)."""
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 import requests
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 
 from tests.helpers import MODEL_NAME
 
@@ -48,3 +52,21 @@ def test_the_repository_extension_cannot_unload_a_model(runtime):
     refused = requests.post(f"{base}/{MODEL_NAME}/unload", timeout=10)
     assert refused.status_code == 403 and refused.json()["reason"] == "not_allowed"
     assert requests.get(f"{runtime.url}/v2/models/{MODEL_NAME}/ready", timeout=10).status_code == 200
+
+
+def test_grpc_serves_the_models_version_and_refuses_another(runtime, images):
+    version = requests.get(f"{runtime.url}/v2/models/{MODEL_NAME}", timeout=10).json()["versions"][0]
+    infer = pb.ModelInferRequest(model_name=MODEL_NAME, inputs=[
+        pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1])])
+    infer.raw_input_contents.append(len(images[0]).to_bytes(4, "little") + images[0])
+    with grpc.insecure_channel(runtime.grpc_target) as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        infer.model_version = version
+        assert stub.ModelInfer(infer, timeout=30).model_name == MODEL_NAME
+        assert stub.ModelReady(pb.ModelReadyRequest(name=MODEL_NAME, version=version), timeout=10).ready
+        infer.model_version = "9.9"
+        for call, request in ((stub.ModelInfer, infer), (stub.ModelReady, pb.ModelReadyRequest(name=MODEL_NAME, version="9.9")),
+                              (stub.ModelMetadata, pb.ModelMetadataRequest(name=MODEL_NAME, version="9.9"))):
+            with pytest.raises(grpc.RpcError) as e:
+                call(request, timeout=30)
+            assert e.value.code() == grpc.StatusCode.NOT_FOUND and "has no version '9.9'" in e.value.details()
