@@ -11,14 +11,13 @@ from fastapi.exceptions import RequestValidationError
 from grpc import StatusCode, aio
 from kserve import Model, ModelServer, model_server
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-from kserve.errors import InvalidInput
-from kserve.errors import ModelNotFound
+from kserve.errors import InvalidInput, ModelNotFound
 from kserve.logging import logger
-from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.interceptors import LoggingInterceptor
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
 from timing_asgi import TimingMiddleware
 
@@ -28,7 +27,7 @@ from scripts.runtime.dataplane import ClassifierDataPlane
 from scripts.runtime.model import RequestRefused
 from scripts.runtime.transport import (BearerAuth, BearerAuthInterceptor, BinaryTensorBodies, InterceptorForRefusals,
                                        ModelVersions, NotAllowed, RequestGate, invalid_body_response,
-                                       model_config_unsupported, refused_response)
+                                       model_config_unsupported, refused_response, version_refusal)
 
 # What this module copies or relies on in kserve 0.21.0, by the sha256 (first 16 hex digits) of the
 # installed source of each: a kserve whose copy differs fails tests/runtime/test_kserve_adapter.py
@@ -85,14 +84,16 @@ class FixedModels(ModelRepositoryExtension):
     off): loading one that is loaded answers as kserve does, an unknown one 404 (kserve: 503), and
     unloading is refused (kserve would stop the model for good: it cannot load it again)."""
 
-    async def load(self, model_name: str) -> None:
+    def _known(self, model_name: str) -> None:
         if self._model_registry.get_model(model_name) is None:
             raise ModelNotFound(model_name)
+
+    async def load(self, model_name: str) -> None:
+        self._known(model_name)
         await super().load(model_name)
 
     async def unload(self, model_name: str) -> None:
-        if self._model_registry.get_model(model_name) is None:
-            raise ModelNotFound(model_name)
+        self._known(model_name)
         error = NotAllowed(f"model {model_name} stays loaded: this runtime serves the models of its model store, "
                            "loaded at start-up (roll out a new model version instead)")
         raise RequestRefused(error.status, error.to_dict())
@@ -105,11 +106,11 @@ class VersionedServicer(InferenceServicer):
     version it is asked for; here another one gets NOT_FOUND, as on REST."""
 
     async def _check_version(self, name: str, version: str, context) -> None:
-        model = self._data_plane.model_registry.get_model(name)
-        served = getattr(model, "version", None)
-        if version and served is not None and version != served:
-            await context.abort(StatusCode.NOT_FOUND, f"model {name} has no version {version!r} "
-                                                      f"(it serves version {served})")
+        served = getattr(self._data_plane.model_registry.get_model(name), "version", None)
+        if version and served is not None:  # an unknown model: kserve's own NOT_FOUND
+            refusal = version_refusal(name, [version], served)
+            if refusal is not None:
+                await context.abort(StatusCode.NOT_FOUND, str(refusal))
 
     async def ModelMetadata(self, request, context):
         await self._check_version(request.name, request.version, context)

@@ -94,6 +94,11 @@ class InterceptorForRefusals(ExceptionToStatusInterceptor):
             await super().handle_exception(ex, request_or_iterator, context, method_name)
 
 
+def header(scope, name: bytes) -> bytes | None:
+    """A request header's value (the first, if repeated) from an ASGI scope."""
+    return next((v for k, v in scope.get("headers", []) if k == name), None)
+
+
 class _BodyTooLarge(Exception):
     pass
 
@@ -118,7 +123,7 @@ class RequestGate:
         if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         limit = self.limits.max_request_bytes
-        declared = next((v for k, v in scope.get("headers", []) if k == b"content-length"), None)
+        declared = header(scope, b"content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
             return await refuse(send, RequestTooLarge(
                 f"request body of {int(declared)} bytes is over this server's {limit}-byte limit"))
@@ -184,6 +189,12 @@ OPEN_GRPC_METHODS = frozenset(f"/inference.GRPCInferenceService/{m}" for m in ("
 REALM = b'realm="image-classifier"'
 
 
+def unauthenticated(given, how: str) -> Unauthenticated:
+    """The refusal for a missing (None) or unaccepted token; `how` says where the token goes."""
+    return Unauthenticated(f"a bearer token is required ({how})" if given is None
+                           else "the bearer token is not accepted")
+
+
 class BearerAuth:
     """ASGI middleware, outermost: every REST route but the probes and /metrics needs
     `Authorization: Bearer <token>` with a token of the file; otherwise 401 with our JSON body and
@@ -195,12 +206,11 @@ class BearerAuth:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
             return await self.app(scope, receive, send)
-        given = next((v for k, v in scope.get("headers", []) if k == b"authorization"), None)
+        given = header(scope, b"authorization")
         if self.tokens.accepts(given):
             return await self.app(scope, receive, send)
         challenge = SCHEME.encode() + b" " + REALM + (b', error="invalid_token"' if given else b"")
-        await refuse(send, Unauthenticated("a bearer token is required (Authorization: Bearer <token>)" if given is None
-                                           else "the bearer token is not accepted"),
+        await refuse(send, unauthenticated(given, "Authorization: Bearer <token>"),
                      extra=[(b"www-authenticate", challenge)])
 
 
@@ -217,12 +227,19 @@ class BearerAuthInterceptor(aio.ServerInterceptor):
         given = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
         if self.tokens.accepts(given):
             return await continuation(details)
-        message = "a bearer token is required (metadata authorization: Bearer <token>)" if given is None \
-            else "the bearer token is not accepted"
+        message = str(unauthenticated(given, "metadata authorization: Bearer <token>"))
 
         async def deny(request, context):
             await context.abort(StatusCode.UNAUTHENTICATED, message)
         return unary_unary_rpc_method_handler(deny)
+
+
+def version_refusal(name: str, asked: list[str], served: str | None) -> UnknownVersion | None:
+    """The 404 for a model version asked for that is not the one served (None: all are)."""
+    if served is None:
+        return UnknownVersion(f"no model named {name!r} is served here")
+    wrong = next((v for v in asked if v != served), None)
+    return None if wrong is None else UnknownVersion(f"model {name} has no version {wrong!r} (it serves version {served})")
 
 
 VERSIONED_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)(?P<rest>/.*)?$")
@@ -247,12 +264,9 @@ class ModelVersions:
         asked += [v for k, v in query if k == "model_version" and v]
         if not asked:
             return await self.app(scope, receive, send)
-        served = self.versions().get(name)
-        if served is None:
-            return await refuse(send, UnknownVersion(f"no model named {name!r} is served here"))
-        wrong = next((v for v in asked if v != served), None)
-        if wrong is not None:
-            return await refuse(send, UnknownVersion(f"model {name} has no version {wrong!r} (it serves version {served})"))
+        refusal = version_refusal(name, asked, self.versions().get(name))
+        if refusal is not None:
+            return await refuse(send, refusal)
         if match:
             path = f"/v2/models/{match['name']}{match['rest'] or ''}"
         query_string = urlencode([(k, v) for k, v in query if k != "model_version"]).encode()

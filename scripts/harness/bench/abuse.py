@@ -105,11 +105,15 @@ def post(url: str, body: bytes, timeout: float = 120) -> int:
         return {requests.ConnectionError: -1, requests.Timeout: -2}.get(type(e), -3)
 
 
+def post_head(host: str, path: str, length: int) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
 def declared_only(host: str, port: int, path: str, length: int) -> int:
     """Headers declaring `length` bytes, then the server's status (-1: closed without one)."""
     with socket.create_connection((host, port), timeout=30) as s:
-        s.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {length}\r\n\r\n".encode())
+        s.sendall(post_head(host, path, length))
         s.sendall(b"x" * 65536)
         try:
             head = s.recv(4096)
@@ -122,8 +126,7 @@ def stalled(host: str, port: int, path: str, length: int, seconds: float) -> int
     """10 bytes of a `length`-byte body, then nothing: the status the server answers (-2: none
     within `seconds`)."""
     with socket.create_connection((host, port), timeout=seconds) as s:
-        s.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {length}\r\n\r\n".encode() + b'{"instance')
+        s.sendall(post_head(host, path, length) + b'{"instance')
         try:
             head = s.recv(4096)
         except socket.timeout:
