@@ -43,3 +43,19 @@ def test_a_run_against_the_kserve_native_runtime_records_the_limits_answers(trai
     assert all(r["served_after"] == 200 and r["rss_peak_mib"] >= r["rss_before_mib"] > 0 for r in rows.values())
     table = (tmp_path / "abuse.md").read_text()
     assert "| kserve-native | oversize: 16 at once declaring 64 MiB bodies | 16× 413 |" in table
+
+
+def test_a_request_that_times_out_counts_as_no_answer_and_a_closed_port_as_closed():
+    import socket
+    import threading
+
+    held = []
+    with socket.socket() as listener:  # accepts, holds the connection, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        threading.Thread(target=lambda: held.append(listener.accept()), daemon=True).start()
+        assert abuse.post(f"http://127.0.0.1:{listener.getsockname()[1]}/", b"{}", timeout=0.5) == -2
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert abuse.post(f"http://127.0.0.1:{port}/", b"{}", timeout=2) == -1

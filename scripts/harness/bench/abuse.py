@@ -101,8 +101,12 @@ def v1_body(image: bytes) -> bytes:
 def post(url: str, body: bytes, timeout: float = 120) -> int:
     try:
         return requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=timeout).status_code
-    except requests.RequestException as e:
-        return {requests.ConnectionError: -1, requests.Timeout: -2}.get(type(e), -3)
+    except requests.Timeout:  # before ConnectionError: ConnectTimeout is both
+        return -2
+    except requests.ConnectionError:
+        return -1
+    except requests.RequestException:
+        return -3
 
 
 def post_head(host: str, path: str, length: int) -> bytes:
