@@ -8,7 +8,9 @@ tools; the archive step, the serve script, clients and tests import them from he
 
 Listener overrides (all optional):
   SERVE_HOST (127.0.0.1), SERVE_INFERENCE_PORT (8080), SERVE_MANAGEMENT_PORT (8081),
-  SERVE_METRICS_PORT (8082), SERVE_GRPC_INFERENCE_PORT (7070), SERVE_GRPC_MANAGEMENT_PORT (7071),
+  SERVE_METRICS_PORT (8082: TorchServe's /metrics, served by handlers/exporter.py),
+  SERVE_FRONTEND_METRICS_PORT (8092: TorchServe's frontend's own, loopback only, read by the exporter),
+  SERVE_GRPC_INFERENCE_PORT (7070), SERVE_GRPC_MANAGEMENT_PORT (7071),
   SERVE_UI_PORT (8090: the try-it page), SERVE_CORS_ORIGIN (default: the page's own origin;
   set it to the page's URL when the page talks to a cluster endpoint),
   SERVE_KSERVE_HTTP_PORT (8085) and SERVE_KSERVE_GRPC_PORT (8086): the KServe-native runtime
@@ -89,7 +91,8 @@ class ServingSettings:
     host: str = "127.0.0.1"
     inference_port: int = PORT(8080)
     management_port: int = PORT(8081)
-    metrics_port: int = PORT(8082)
+    metrics_port: int = PORT(8082)  # handlers/exporter.py: the frontend's metrics and the handler's
+    frontend_metrics_port: int = PORT(8092)  # TorchServe's frontend's own, on loopback
     grpc_inference_port: int = PORT(7070)
     grpc_management_port: int = PORT(7071)
     ui_port: int = PORT(8090)
@@ -130,7 +133,8 @@ class ServingSettings:
         return {
             "inference_address": self.inference_url,
             "management_address": self.management_url,
-            "metrics_address": self.url(self.metrics_port),
+            # the exporter serves metrics_port and reads the frontend's on loopback
+            "metrics_address": f"http://127.0.0.1:{self.frontend_metrics_port}",
             "grpc_inference_address": self.host,
             "grpc_inference_port": str(self.grpc_inference_port),
             "grpc_management_address": self.host,

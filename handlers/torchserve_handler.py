@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 import torch
@@ -14,7 +15,7 @@ from handlers.classifier import ImageClassifier
 from handlers.inputs import (is_envelope_input, is_v1_envelope_instance, parse_envelope_input,
                              parse_row, parse_v1_envelope_instance)
 from handlers.limits import DEFAULT_MAX_IMAGES
-from handlers.metrics import Observation, Stopwatch, TorchServeMetrics
+from handlers.metrics import MULTIPROC_DIR_ENV, Observation, PrometheusMetrics, Stopwatch, TorchServeMetrics
 from handlers.responses import render
 from handlers.settings import RequestLimits
 
@@ -40,7 +41,7 @@ def _content_type(context, idx: int) -> str | None:
 class TorchServeImageClassifier:
     def __init__(self):
         self.classifier: ImageClassifier | None = None
-        self.metrics: TorchServeMetrics | None = None
+        self.metrics: PrometheusMetrics | TorchServeMetrics | None = None
         self.initialized = False
         self.max_images = DEFAULT_MAX_IMAGES
 
@@ -52,7 +53,10 @@ class TorchServeImageClassifier:
         self.classifier = ImageClassifier.load(props["model_dir"], device=device)
         self.max_images = RequestLimits.from_env().max_images_per_request
         spec = self.classifier.spec
-        self.metrics = TorchServeMetrics(context.metrics, spec.version) if context.metrics else None
+        if os.environ.get(MULTIPROC_DIR_ENV):  # our exporter serves them (handlers/exporter.py)
+            self.metrics = PrometheusMetrics(spec.name, spec.version)
+        else:  # a TorchServe on its own: through its frontend, with its default buckets
+            self.metrics = TorchServeMetrics(context.metrics, spec.version) if context.metrics else None
         if self.metrics:
             self.metrics.model_loaded(time.perf_counter() - start, spec)
         self.initialized = True

@@ -12,13 +12,16 @@ import json
 from dataclasses import dataclass
 
 from grafana_foundation_sdk.builders import dashboard as gd
+from grafana_foundation_sdk.builders import heatmap as gh
 from grafana_foundation_sdk.builders import prometheus as gp
 from grafana_foundation_sdk.builders import timeseries as gt
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models import prometheus as pm
 
 from scripts.monitoring import names as n
 from scripts.monitoring import rules as r
+from scripts.monitoring import slo
 
 UID = "image-classifier"
 TITLE = "Image classifier (TorchServe / KServe)"
@@ -53,6 +56,7 @@ class PanelSpec:
     queries: tuple[Query, ...]
     description: str = ""
     runtimes: tuple[str, ...] = RUNTIMES  # the runtimes whose metrics the panel can show
+    heatmap: bool = False  # one query of bucket rates by `le`, drawn as a heatmap
 
     def full_description(self) -> str:
         only = "" if self.runtimes == RUNTIMES else " and ".join(RUNTIME_TITLES[x] for x in self.runtimes) + " only. "
@@ -64,28 +68,47 @@ PANELS: tuple[PanelSpec, ...] = (
         Query(f"sum by ({n.TS_MODEL}, {n.TS_VERSION}) ({r.REQUEST_RATE}{{{TS_SEL}}})", f"{{{{{n.TS_MODEL}}}}} requests (TorchServe)"),
         Query(f"sum by ({n.MODEL}, {n.VERSION}) ({r.IMAGE_RATE}{{{SEL}}})", f"{M} images"),
     ), "Images the handler saw per second (both runtimes), and TorchServe's inference requests"),
-    PanelSpec("Error ratio by HTTP status", "percentunit", (
-        Query(f'sum by (status) ({r.HTTP_RATE}{{{TARGET_SEL}, status!="2xx"}}) / ignoring(status) group_left '
-              f"sum ({r.HTTP_RATE}{{{TARGET_SEL}}})", "{{status}}"),
-    ), "Requests4XX/5XX over all HTTP calls TorchServe answered; the KServe-native runtime counts no "
-       "HTTP statuses: its refused inputs are in \"Rejected inputs by reason\"", runtimes=(TORCHSERVE,)),
+    PanelSpec("Error ratio by status class", "percentunit", (
+        Query(f'sum by ({n.MODEL}, {n.CODE}) (rate({n.REQUEST_SECONDS}_count{{{SEL}, {n.CODE}!="2xx"}}[{RATE}])) '
+              f"/ ignoring({n.CODE}) group_left sum by ({n.MODEL}) (rate({n.REQUEST_SECONDS}_count{{{SEL}}}[{RATE}]))",
+              f"{{{{{n.MODEL}}}}} {{{{{n.CODE}}}}}"),
+    ), "Inference requests answered 4xx/5xx (gRPC: their HTTP equivalent) over all, from the request histogram"),
     PanelSpec("Rejected inputs by reason", "percentunit", (
         Query(f"sum by ({n.MODEL}, {n.VERSION}, {n.REASON}) ({r.REJECTED_RATE}{{{SEL}}}) / ignoring({n.REASON}) group_left "
               f"sum by ({n.MODEL}, {n.VERSION}) ({r.IMAGE_RATE}{{{SEL}}})", f"{M} {{{{{n.REASON}}}}}"),
     ), "image_handler_rejected_total over all images, by reason"),
+    PanelSpec("Request latency p50 / p95 / p99", "s", tuple(
+        Query(f"{rule}{{{SEL}}}", f"{M} {key}") for key, rule in r.REQUEST_QUANTILE.items()
+    ), f"{n.REQUEST_SECONDS}: each inference request from its arrival to its answer, REST and gRPC"),
+    PanelSpec("Request latency heatmap", "s", (
+        Query(f"sum by (le) (rate({n.REQUEST_SECONDS}_bucket{{{SEL}}}[{RATE}]))", "{{le}}"),
+    ), "Requests per second in each latency bucket (0.1 ms .. 10 s, five a decade)", heatmap=True),
     PanelSpec("Handler latency p50 / p95 / p99", "s", tuple(
         Query(f"{rule}{{{SEL}}}", f"{M} {key}") for key, rule in r.HANDLE_QUANTILE.items()
     ), 'image_handler_stage_seconds{stage="handle"}: one batch through the handler'),
     PanelSpec("Stage p95", "s", (
         Query(f'{r.STAGE_P95}{{{SEL}, {n.STAGE}!="{n.HANDLE_STAGE}"}}', f"{M} {{{{{n.STAGE}}}}}"),
     )),
-    PanelSpec("Queue and frontend latency (mean per request)", "µs", (
-        Query(f"sum by ({n.TS_MODEL}) (rate({n.QUEUE_LATENCY_US}{{{TS_SEL}}}[{RATE}])) / "
-              f"sum by ({n.TS_MODEL}) (rate({n.REQUESTS_TOTAL}{{{TS_SEL}}}[{RATE}]))", f"{{{{{n.TS_MODEL}}}}} queue"),
-        Query(f"sum by ({n.TS_MODEL}) (rate({n.LATENCY_US}{{{TS_SEL}}}[{RATE}])) / "
-              f"sum by ({n.TS_MODEL}) (rate({n.REQUESTS_TOTAL}{{{TS_SEL}}}[{RATE}]))", f"{{{{{n.TS_MODEL}}}}} total"),
-    ), "TorchServe keeps running totals only: mean = rate(total µs) / rate(requests). The KServe-native "
-       "runtime has no request queue (see the handler latency)", runtimes=(TORCHSERVE,)),
+    PanelSpec("Queue wait (mean per request)", "s", (
+        Query(f"sum by ({n.TS_MODEL}) (rate({n.QUEUE_LATENCY_US}{{{TS_SEL}}}[{RATE}])) / 1e6 / "
+              f"sum by ({n.TS_MODEL}) (rate({n.REQUESTS_TOTAL}{{{TS_SEL}}}[{RATE}]))", f"{{{{{n.TS_MODEL}}}}} (TorchServe)"),
+        Query(f"sum by ({n.MODEL}) (rate({n.QUEUE_WAIT_SECONDS}_sum{{{SEL}}}[{RATE}])) / "
+              f"sum by ({n.MODEL}) (rate({n.QUEUE_WAIT_SECONDS}_count{{{SEL}}}[{RATE}]))", f"{{{{{n.MODEL}}}}} (KServe-native)"),
+    ), "A request's wait for its forward pass. TorchServe keeps running totals (ts_queue_latency_microseconds); "
+       f"the KServe-native runtime a histogram ({n.QUEUE_WAIT_SECONDS})"),
+    PanelSpec("Requests in progress and queued", "short", (
+        Query(f"sum by ({n.MODEL}) ({r.IN_FLIGHT}{{{SEL}}})", f"{{{{{n.MODEL}}}}} in progress (mean, Little's law)"),
+        Query(f"sum by ({n.MODEL}) ({n.INFLIGHT}{{{SEL}}})", f"{{{{{n.MODEL}}}}} in the batcher (KServe-native)"),
+        Query(f"sum by ({n.MODEL}) ({n.QUEUE_DEPTH}{{{SEL}}})", f"{{{{{n.MODEL}}}}} queued (KServe-native)"),
+    ), "Both runtimes: the time spent in requests per second, what the KEDA option scales on. "
+       "The KServe-native runtime's gauges: requests waiting for or in a forward pass, and those waiting"),
+    PanelSpec("SLO error budget burn rate (1 h)", "short", tuple(
+        Query(f"sum by ({n.MODEL}) ({slo.BAD_RATIO[kind]['1h']}{{{SEL}}}) / on ({n.MODEL}) group_left () "
+              f'(1 - max by ({n.MODEL}) ({slo.OBJECTIVE[kind]}{{{n.NAMESPACE}=~"$namespace", {n.MODEL}=~"$model"}}))',
+              f"{{{{{n.MODEL}}}}} {kind}")
+        for kind in slo.SLOS
+    ), "Bad requests over the share the objective allows (chart values `slo`): 1 spends the 30-day budget "
+       "in 30 days; the alerts page at 14.4 (1 h) and 6 (6 h)"),
     PanelSpec("Batch size (mean images per forward pass)", "short", (
         Query(f"sum by ({n.MODEL}, {n.VERSION}) (rate({n.BATCH_SIZE}_sum{{{SEL}}}[{RATE}])) / "
               f"sum by ({n.MODEL}, {n.VERSION}) (rate({n.BATCH_SIZE}_count{{{SEL}}}[{RATE}]))", M),
@@ -135,11 +158,18 @@ def build() -> dm.Dashboard:
          .with_variable(_variable("version", "Version",
                                   f'label_values({n.MODEL_LOAD_SECONDS}{{{TARGET_SEL}, {n.MODEL}=~"$model"}}, {n.VERSION})')))
     for spec in PANELS:
-        panel = gt.Panel().title(spec.title).unit(spec.unit).datasource(DS).height(8).span(12)
+        if spec.heatmap:  # Prometheus buckets as they are: no recalculation, log y axis in seconds
+            panel = (gh.Panel().title(spec.title).datasource(DS).height(8).span(12).calculate(False)
+                     .y_axis(gh.YAxisConfig().unit(spec.unit)))
+        else:
+            panel = gt.Panel().title(spec.title).unit(spec.unit).datasource(DS).height(8).span(12)
         if spec.full_description():
             panel = panel.description(spec.full_description())
         for i, q in enumerate(spec.queries):
-            panel = panel.with_target(gp.Dataquery().expr(q.expr).legend_format(q.legend).ref_id(chr(ord("A") + i)).datasource(DS))
+            target = gp.Dataquery().expr(q.expr).legend_format(q.legend).ref_id(chr(ord("A") + i)).datasource(DS)
+            if spec.heatmap:
+                target = target.format(pm.PromQueryFormat.HEATMAP)
+            panel = panel.with_target(target)
         d = d.with_panel(panel)
     return d.build()
 

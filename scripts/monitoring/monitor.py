@@ -1,10 +1,12 @@
 """`make monitor`: a real Prometheus (127.0.0.1, free port, temp storage, 1 s scrapes, our rules)
 scraping the local TorchServe's metrics port, a short bounded load with a few bad requests, then
-the dashboard's panels queried from Prometheus and drawn to a PNG. Uses the TorchServe of
+the dashboard's panels queried from Prometheus and drawn to a PNG, with the request latency
+percentiles Prometheus reads from the buckets beside the load generator's own. Uses the TorchServe of
 `make serve` when its metrics port answers; otherwise starts one over --store and stops it after."""
 from __future__ import annotations
 
 import argparse
+import math
 import socket
 import shutil
 import sys
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from scripts.monitoring import dashboard, load, names, render
+from scripts.monitoring import dashboard, load, names, render, rules
 from scripts.monitoring.prometheus import Prometheus, write_config
 from handlers.settings import ServingSettings
 from scripts.serve.settings import DEFAULT_MODEL
@@ -56,6 +58,43 @@ def panels_with_data(prom: Prometheus, timeout: float) -> list[str]:
     return [p.title for p in pending]
 
 
+def served_models(settings: ServingSettings) -> list[str]:
+    resp = requests.get(f"{settings.management_url}/models", timeout=10)
+    resp.raise_for_status()
+    return [m["modelName"] for m in resp.json()["models"]]
+
+
+def quantiles_against_client(prom: Prometheus, settings: ServingSettings, model: str, result: load.LoadResult,
+                             window_s: float, timeout: float = 30) -> list[tuple[str, float, float]]:
+    """(quantile, the load generator's, Prometheus' from the request histogram) for the load's good
+    requests, once Prometheus has scraped the server's final count."""
+    selector = f'{{{names.MODEL}="{model}", {names.CODE}="2xx"}}'
+    count = f"sum({names.REQUEST_SECONDS}_count{selector})"
+    deadline = time.monotonic() + timeout
+    while True:
+        served = server_total(settings, f"{names.REQUEST_SECONDS}_count", model)
+        got = prom.query(count)
+        if got and float(got[0]["value"][1]) >= served or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    window = f"{math.ceil(window_s)}s"
+    out = []
+    for key, q in rules.QUANTILES.items():
+        expr = f"histogram_quantile({q}, sum by (le) (increase({names.REQUEST_SECONDS}_bucket{selector}[{window}])))"
+        value = prom.query(expr)
+        out.append((key, result.quantile(q), float(value[0]["value"][1]) if value else math.nan))
+    return out
+
+
+def server_total(settings: ServingSettings, sample: str, model: str) -> float:
+    """The server's own value of `sample` (2xx) for `model`, summed over its other labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(settings.metrics_url, timeout=10).text
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == sample and s.labels.get(names.MODEL) == model and s.labels.get(names.CODE) == "2xx")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--store", type=Path, default=Path("build/serve"))
@@ -63,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--requests", type=int, default=2000, help="at most this many requests")
     ap.add_argument("--seconds", type=float, default=20, help="and for at most this long")
+    ap.add_argument("--clients", type=int, default=1,
+                    help="client threads (1: each round trip is the server's time plus the HTTP client's, "
+                         "so the percentiles Prometheus reads can be compared with the client's)")
     ap.add_argument("--out", type=Path, default=Path("build/monitor/dashboard.png"))
     args = ap.parse_args(argv)
 
@@ -79,17 +121,26 @@ def main(argv: list[str] | None = None) -> int:
         ts = TorchServe(args.store, settings, work / "torchserve").start()
     prom = None
     try:
-        config = write_config(work / "prometheus", {dashboard.TORCHSERVE: [f"{settings.host}:{settings.metrics_port}"]})
+        config = write_config(work / "prometheus", {dashboard.TORCHSERVE: [f"{settings.host}:{settings.metrics_port}"]},
+                              models=served_models(settings))
         prom = Prometheus(work / "prometheus", config, free_port()).start(timeout=60)
         print(f"monitor: Prometheus {prom.url} (config {config}, storage {prom.run_dir / 'tsdb'})")
         images = sample_images(args.data_dir, work / "samples")
         start = time.time()
-        result = load.run_load(settings.inference_url, args.model, images, args.requests, args.seconds)
+        result = load.run_load(settings.inference_url, args.model, images, args.requests, args.seconds,
+                               threads=args.clients)
         print(f"monitor: load: {result.summary()}")
         waiting_for = panels_with_data(prom, timeout=30)
         if waiting_for:
             print(f"monitor: no data yet after 30 s for: {', '.join(waiting_for)}")
-        drawn = render.render(prom, args.out, start - 5, time.time())
+        compared = quantiles_against_client(prom, settings, args.model, result, time.time() - start + 2)
+        lines = [f"{key}: load generator {client * 1e3:.2f} ms, Prometheus {server * 1e3:.2f} ms"
+                 for key, client, server in compared]
+        print(f"monitor: {args.model} request latency, 2xx ({names.REQUEST_SECONDS} over the load):")
+        for line in lines:
+            print(f"  {line}")
+        drawn = render.render(prom, args.out, start - 5, time.time(),
+                              note=f"{args.model} request latency over the load: " + "; ".join(lines))
         for title, count in drawn.items():
             print(f"  {title}: {count} series")
         print(f"monitor: dashboard panels rendered to {args.out.resolve()}")

@@ -7,8 +7,11 @@ from __future__ import annotations
 from handlers import metrics as hm
 from scripts.serve.settings import METRIC_LATENCY_US, METRIC_REQUESTS_TOTAL
 
-# Handler metrics (both runtimes); label names as handlers/metrics.py sets them.
+# Handler and request metrics (both runtimes); label names as handlers/metrics.py sets them.
 STAGE_SECONDS = hm.STAGE_SECONDS
+REQUEST_SECONDS = hm.REQUEST_SECONDS
+QUEUE_WAIT_SECONDS, QUEUE_DEPTH, INFLIGHT = hm.QUEUE_WAIT_SECONDS, hm.QUEUE_DEPTH, hm.INFLIGHT
+PROTOCOL, CODE = "protocol", "code"  # REQUEST_SECONDS' own labels
 BATCH_SIZE = hm.BATCH_SIZE
 PREDICTIONS = hm.PREDICTIONS
 REJECTED = hm.REJECTED
@@ -48,3 +51,13 @@ RUNTIMES = (TORCHSERVE, KSERVE_NATIVE)
 # Labels every series gets from the scrape: Prometheus' own, plus `namespace` (Kubernetes
 # service discovery; the local prometheus.yml sets it as a target label).
 NAMESPACE, JOB, INSTANCE = "namespace", "job", "instance"
+
+# How the rules aggregate: by namespace and job (one Prometheus can watch several releases) and the
+# model's name and version.
+BY_MODEL = (NAMESPACE, JOB, MODEL, VERSION)  # handler and request metrics
+BY_TS_MODEL = (NAMESPACE, JOB, TS_MODEL, TS_VERSION)  # TorchServe frontend metrics
+BY_TARGET = (NAMESPACE, JOB, INSTANCE)
+
+
+def by(labels) -> str:
+    return ", ".join(labels)

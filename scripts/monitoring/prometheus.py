@@ -36,13 +36,15 @@ def binary(name: str) -> str:
     return path
 
 
-def write_config(directory: Path, targets: dict[str, list[str]], interval: str = "1s") -> Path:
+def write_config(directory: Path, targets: dict[str, list[str]], interval: str = "1s", models=()) -> Path:
     """prometheus.yml scraping, per runtime ("torchserve", "kserve-native"), its `targets`
-    (host:port of /metrics) as job `job_name(runtime)`, with the rules file beside it. The
-    namespace target label stands in for Kubernetes' own."""
+    (host:port of /metrics) as job `job_name(runtime)`, with the rules file beside it and the SLO
+    objectives (the chart's defaults) of `models`. The namespace target label stands in for
+    Kubernetes' own."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "rules.yaml").write_text(yaml.safe_dump(rules.rules_file(), sort_keys=False, width=200))
+    rules_file = rules.rules_file(namespace=LOCAL_NAMESPACE, models=models)
+    (directory / "rules.yaml").write_text(yaml.safe_dump(rules_file, sort_keys=False, width=200))
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": ["rules.yaml"],

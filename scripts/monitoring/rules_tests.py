@@ -10,6 +10,7 @@ import yaml
 
 from scripts.monitoring import names as n
 from scripts.monitoring import rules as r
+from scripts.monitoring import slo
 from scripts.monitoring.prometheus import job_name
 
 STEPS = 80  # samples per series at 15 s: 20 minutes
@@ -56,7 +57,7 @@ def keep(labels: dict, keys) -> dict:
 
 
 def _alert(name: str) -> dict:
-    return next(a for a in r.alert_rules() if a["alert"] == name)
+    return next(a for a in r.every_alert() if a["alert"] == name)
 
 
 def expected(name: str, labels: dict) -> dict:
@@ -138,6 +139,81 @@ def recording_cases() -> list[dict]:
     ]}]
 
 
+def counter(per_minute: float, minutes: int, stop: int | None = None, after: float | None = None) -> str:
+    """A counter's samples, one a minute: growing `per_minute`, from minute `stop` on `after`."""
+    if stop is None:
+        return f"0+{per_minute}x{minutes}"
+    return f"0+{per_minute}x{stop} {round(per_minute * stop + after, 6)}+{after}x{minutes - stop - 1}"
+
+
+def requests(name: str, per_minute: dict[str, float], minutes: int, stop: int | None = None) -> list[dict]:
+    """A model's request histogram: `per_minute` counts by status class ("2xx", "5xx") and
+    "slow" (2xx answers above the SLO's latency threshold). From minute `stop` on, the bad ones
+    (5xx and slow) stop and good answers take their place."""
+    m = {**model(name), n.PROTOCOL: "rest"}
+    slow = per_minute.get("slow", 0)
+    out = []
+    for code in ("2xx", "5xx"):
+        count = per_minute.get(code, 0)
+        if not count:
+            continue
+        at = {**m, n.CODE: code}
+        total_after = 0 if code == "5xx" else count + per_minute.get("5xx", 0)
+        fast, fast_after = (count - slow, total_after) if code == "2xx" else (count, 0)
+        out += [series(f"{n.REQUEST_SECONDS}_count", at, counter(count, minutes, stop, total_after)),
+                series(f"{n.REQUEST_SECONDS}_bucket", {**at, "le": slo.Objectives().latency_threshold},
+                       counter(fast, minutes, stop, fast_after)),
+                series(f"{n.REQUEST_SECONDS}_bucket", {**at, "le": "+Inf"}, counter(count, minutes, stop, total_after))]
+    return out
+
+
+# SLO scenarios at 60 requests a minute: (burn rate, minutes it lasts or None, eval time, alerts
+# expected). Availability's budget is 0.1 % of requests, latency's 1 % (Objectives' defaults); the
+# share of bad requests is the burn rate times the budget. A fast burn (20x) pages; a medium one
+# (8x) pages through the 6 h / 30 min pair only; a slow one (2x) opens a ticket and pages nobody;
+# half the budget raises nothing; a fast burn that stopped 35 minutes ago no longer pages (its
+# short windows are clean) but still holds its ticket (its 6 h window is not). Every burn above
+# 1x also meets the ticket's condition: Alertmanager's inhibition keeps the ticket quiet while
+# the page fires.
+SLO_SCENARIOS = {"fast": (20, None, "30m", {"page", "ticket"}), "medium": (8, None, "30m", {"page", "ticket"}),
+                 "slow": (2, None, "30m", {"ticket"}), "within": (0.5, None, "30m", set()),
+                 "stopped": (20, 20, "55m", {"ticket"})}
+SLO_MINUTES = 60
+
+
+def slo_cases() -> list[dict]:
+    budget = {"availability": 1 - slo.Objectives().availability, "latency": 1 - slo.Objectives().latency}
+    out = []
+    for kind in slo.SLOS:
+        for scenario, (burn, stop, at, fire) in SLO_SCENARIOS.items():
+            name = f"{kind}-{scenario}"
+            bad = round(60 * burn * budget[kind], 6)
+            per_minute = {"2xx": 60 - bad, "5xx": bad} if kind == "availability" else {"2xx": 60, "slow": bad}
+            labels = keep(model(name), r.BY_MODEL)
+            tests = [{"eval_time": at, "alertname": alert,
+                      "exp_alerts": [expected(alert, labels)] if severity in fire else []}
+                     for (k, severity), alert in slo.ALERTS.items() if k == kind]
+            out.append({"interval": "1m", "input_series": requests(name, per_minute, SLO_MINUTES, stop),
+                        "alert_rule_test": tests})
+    return out
+
+
+SLO_MODELS = tuple(f"{kind}-{scenario}" for kind in slo.SLOS for scenario in SLO_SCENARIOS) + ("scaled",)
+
+
+def scaling_cases() -> list[dict]:
+    """The KEDA option's queries over two pods of one model, each answering 3 requests a second
+    that spend 1.1 s in all: 6 requests/s, and 2.2 requests in progress on average (Little's law)."""
+    inputs = []
+    for pod in ("pod-a:8082", "pod-b:8082"):
+        m = {**model("scaled", pod), n.PROTOCOL: "rest", n.CODE: "2xx"}
+        inputs += [series(f"{n.REQUEST_SECONDS}_count", m, "0+180x20"),  # 3 a second, one sample a minute
+                   series(f"{n.REQUEST_SECONDS}_sum", m, "0+66x20")]  # 66 s of requests a minute
+    queries = [(r.scaling_query("rps", "ns", "scaled"), 6.0), (r.scaling_query("concurrency", "ns", "scaled"), 2.2)]
+    return [{"interval": "1m", "input_series": inputs, "promql_expr_test": [
+        {"expr": q, "eval_time": "10m", "exp_samples": [{"labels": "{}", "value": v}]} for q, v in queries]}]
+
+
 def with_job(obj, job: str):
     """The same tests with the job label JOB set to `job` everywhere (input series, expected
     labels, rendered annotations): the rules must not care which job scraped the targets."""
@@ -153,14 +229,16 @@ def unit_tests(rule_file: str = "rules.yaml", job: str = JOB) -> dict:
     for name, (bad, good, fires, at) in alert_cases().items():
         tests.append(case(name, bad + good, [fires], at))  # fires for the bad series only
         tests.append(case(name, good, [], at))  # quiet without it
-    out = {"rule_files": [rule_file], "evaluation_interval": "15s", "tests": tests + recording_cases()}
+    out = {"rule_files": [rule_file], "evaluation_interval": "15s",
+           "tests": tests + recording_cases() + slo_cases() + scaling_cases()}
     return out if job == JOB else with_job(out, job)
 
 
 def write(directory: Path, job: str = JOB) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "rules.yaml").write_text(yaml.safe_dump(r.rules_file(), sort_keys=False, width=200))
+    rules = r.rules_file(namespace=TARGET[n.NAMESPACE], models=SLO_MODELS)
+    (directory / "rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False, width=200))
     test = directory / "rules_test.yaml"
     test.write_text(yaml.safe_dump(unit_tests(job=job), sort_keys=False, width=200))
     return test

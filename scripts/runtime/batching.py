@@ -28,21 +28,24 @@ class QueueFull(RuntimeError):
 class _Pending(Generic[Item]):
     items: Sequence
     future: asyncio.Future = field(repr=False)
+    queued_at: float = field(default_factory=time.perf_counter)
 
 
 class MicroBatcher(Generic[Item, Out]):
     def __init__(self, run: Callable[[list[Item]], list[Out]], max_items: int = 64, workers: int = 1,
-                 inline_below_s: float = 0.0, max_pending: int | None = None):
+                 inline_below_s: float = 0.0, max_pending: int | None = None,
+                 on_wait: Callable[[float], None] | None = None):
         """`run` maps a list of items to one output per item; it runs in `workers` threads, one call
         at a time in each. A batch holds up to `max_items` items (at least one request, whatever
         its size). With one worker, while batches take less than `inline_below_s` on average, `run`
         is called on the event loop itself: for a model that answers in a millisecond, two thread
         hand-offs per batch cost more than the loop pause they avoid. At most `max_pending`
-        requests wait (None: no bound)."""
+        requests wait (None: no bound). `on_wait(seconds)` hears each request's wait for its batch."""
         if max_items < 1 or workers < 1 or (max_pending is not None and max_pending < 1):
             raise ValueError("max_items, workers and max_pending must be ≥ 1")
         self.run, self.max_items, self.workers, self.inline_below_s = run, max_items, workers, inline_below_s
-        self.max_pending = max_pending
+        self.max_pending, self.on_wait = max_pending, on_wait
+        self.inside = 0  # requests submitted and not yet answered: waiting or in a batch
         self.mean_s = float("inf")  # running mean of a batch call (unknown: use the thread)
         self.pending: collections.deque[_Pending] = collections.deque()
         self.arrived: asyncio.Event | None = None
@@ -60,7 +63,11 @@ class MicroBatcher(Generic[Item, Out]):
         pending = _Pending(items, loop.create_future())
         self.pending.append(pending)
         self.arrived.set()
-        return await pending.future
+        self.inside += 1
+        try:
+            return await pending.future
+        finally:
+            self.inside -= 1
 
     def on_worker(self, n: int, fn: Callable, *args, **kwargs):
         """`fn(*args, **kwargs)` on worker `n`'s thread, waited for (set-up that its calls rely on)."""
@@ -96,6 +103,10 @@ class MicroBatcher(Generic[Item, Out]):
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
+            if self.on_wait is not None:
+                now = time.perf_counter()
+                for p in batch:
+                    self.on_wait(now - p.queued_at)
             items = [item for p in batch for item in p.items]
             try:
                 if self.workers == 1 and self.mean_s < self.inline_below_s:

@@ -26,8 +26,9 @@ from handlers.settings import RequestLimits
 from scripts.runtime.dataplane import ClassifierDataPlane
 from scripts.runtime.model import RequestRefused
 from scripts.runtime.transport import (BearerAuth, BearerAuthInterceptor, BinaryTensorBodies, InterceptorForRefusals,
-                                       ModelVersions, NotAllowed, RequestGate, invalid_body_response,
-                                       model_config_unsupported, refused_response, version_refusal)
+                                       ModelVersions, NotAllowed, RequestGate, RequestMetrics,
+                                       RequestMetricsInterceptor, invalid_body_response, model_config_unsupported,
+                                       refused_response, version_refusal)
 
 # What this module copies or relies on in kserve 0.21.0, by the sha256 (first 16 hex digits) of the
 # installed source of each: a kserve whose copy differs fails tests/runtime/test_kserve_adapter.py
@@ -75,8 +76,14 @@ class BoundRESTServer(RESTServer):
         model_server.app.add_middleware(RequestGate, limits=self.limits)  # the last added runs first
         if self.tokens is not None:
             model_server.app.add_middleware(BearerAuth, tokens=self.tokens)
+        model_server.app.add_middleware(RequestMetrics, metrics_of=metrics_lookup(models))
         for path in ("/v2/models/{model_name}/config", "/v2/models/{model_name}/versions/{model_version}/config"):
             model_server.app.add_api_route(path, model_config_unsupported, methods=["GET"])
+
+
+def metrics_lookup(registry):
+    """A served model's metrics by name (None for a name no model has)."""
+    return lambda name: getattr(registry.get_model(name), "metrics", None)
 
 
 class FixedModels(ModelRepositoryExtension):
@@ -143,7 +150,8 @@ class BoundGRPCServer(GRPCServer):
         does a call beyond max_inflight at once."""
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=(*([BearerAuthInterceptor(self.tokens)] if self.tokens is not None else []),
+            interceptors=(RequestMetricsInterceptor(metrics_lookup(self._data_plane.model_registry)),
+                          *([BearerAuthInterceptor(self.tokens)] if self.tokens is not None else []),
                           LoggingInterceptor(), InterceptorForRefusals()),
             options=[("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
                      ("grpc.max_receive_message_length", self.limits.max_request_bytes)],

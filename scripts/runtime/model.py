@@ -113,15 +113,17 @@ class MarModel(Model):
         # images per pass and passes at once: the archive's policy on the CPU (requests that queue
         # while the passes run form the next batches; nothing waits for a batch to fill)
         serving = spec.serving if torch.device(self.device).type == "cpu" else GPU_BATCHING
+        # the handler metrics TorchServe exports, same names and labels (handlers/metrics.py)
+        self.metrics = PrometheusMetrics(self.name, self.version)
         self.batcher = MicroBatcher(self._run_batch, max_items=serving.batch_size, workers=serving.workers,
-                                    max_pending=self.limits.queue_size)
+                                    max_pending=self.limits.queue_size, on_wait=self.metrics.queue_wait)
+        batcher = self.batcher
+        self.metrics.watch_queue(depth=lambda: len(batcher.pending), inflight=lambda: batcher.inside)
         # Loaded and warmed up on the batch threads, where its passes run: torch's OpenMP pool
         # belongs to the thread that first runs a parallel op, and a second pool (this thread's)
         # would throttle the first one's threads (measured: half the images/s with 2 threads).
         started = time.perf_counter()
         self.classifier = self.batcher.on_worker(0, ImageClassifier.load, self.model_dir, device=self.device)
-        # the handler metrics TorchServe exports, same names and labels (handlers/metrics.py)
-        self.metrics = PrometheusMetrics(self.name, self.version)
         self.metrics.model_loaded(time.perf_counter() - started, spec)
         self.batcher.mean_s = max(self.batcher.on_worker(n, self.warm_up) for n in range(serving.workers))
         if (self.classifier.options.torch_threads or 1) == 1:  # more: the passes stay on their thread

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from typing import Callable
 from urllib.parse import parse_qsl, unquote, urlencode
 
@@ -17,6 +18,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 
 from handlers.auth import SCHEME, TokenFile
+from handlers.metrics import PrometheusMetrics, grpc_http_status
 from handlers.errors import InputError, MalformedRequest, Overloaded, RequestTimeout, RequestTooLarge, Unauthenticated
 from handlers.settings import RequestLimits
 from scripts.runtime.decode import INFERENCE_HEADER_LENGTH, schema_problems
@@ -271,3 +273,71 @@ class ModelVersions:
             path = f"/v2/models/{match['name']}{match['rest'] or ''}"
         query_string = urlencode([(k, v) for k, v in query if k != "model_version"]).encode()
         await self.app({**scope, "path": path, "raw_path": path.encode(), "query_string": query_string}, receive, send)
+
+
+# The inference routes, per protocol: what a request's latency and status are recorded for
+INFER_PATH = re.compile(r"^/(?:v1/models/(?P<v1>[^/]+):predict|v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer)$")
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+ModelMetrics = Callable[[str], PrometheusMetrics | None]  # a served model's metrics by name, else None
+
+
+class RequestMetrics:
+    """ASGI middleware, outermost: each inference request to a served model is timed from its
+    arrival to the last byte of its answer, refusals at the edge (401, 413, 503) included, and
+    recorded with its status class. Requests for models not served are not recorded (their names
+    would be unbounded label values)."""
+
+    def __init__(self, app, metrics_of: ModelMetrics):
+        self.app, self.metrics_of = app, metrics_of
+
+    async def __call__(self, scope, receive, send):
+        match = INFER_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
+        metrics = self.metrics_of(unquote(match["v1"] or match["v2"])) if match else None
+        if metrics is None:
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500
+
+        async def timed_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                metrics.request("rest", status, time.perf_counter() - started)
+                status = None  # recorded
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            if status is not None:  # no whole answer: the server failed it (or the client left)
+                metrics.request("rest", 500, time.perf_counter() - started)
+
+
+class RequestMetricsInterceptor(aio.ServerInterceptor):
+    """gRPC, outermost: each ModelInfer call to a served model, timed and recorded with the HTTP
+    status class of its gRPC code, refusals by the other interceptors included."""
+
+    def __init__(self, metrics_of: ModelMetrics):
+        self.metrics_of = metrics_of
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if details.method != INFER_METHOD or handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+
+        async def timed(request, context):
+            started, failed = time.perf_counter(), True
+            try:
+                response = await inner(request, context)
+                failed = False
+                return response
+            finally:
+                metrics = self.metrics_of(request.model_name)
+                if metrics is not None:
+                    code = context.code()  # None: not set, OK unless the call raised
+                    value = code.value[0] if code is not None else StatusCode.UNKNOWN.value[0] if failed else 0
+                    metrics.request("grpc", grpc_http_status(value), time.perf_counter() - started)
+
+        return unary_unary_rpc_method_handler(timed, request_deserializer=handler.request_deserializer,
+                                              response_serializer=handler.response_serializer)

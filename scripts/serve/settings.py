@@ -40,10 +40,11 @@ class FrontendSettings:
 
 
 def loopback_settings() -> ServingSettings:
-    """TorchServe's five listeners on free loopback ports (tests, benchmarks, the reliability suite)."""
-    inf, mgmt, met, grpc_inf, grpc_mgmt = free_ports(5)
+    """TorchServe's listeners on free loopback ports (tests, benchmarks, the reliability suite)."""
+    inf, mgmt, met, frontend_met, grpc_inf, grpc_mgmt = free_ports(6)
     return ServingSettings(host="127.0.0.1", inference_port=inf, management_port=mgmt, metrics_port=met,
-                           grpc_inference_port=grpc_inf, grpc_management_port=grpc_mgmt)
+                           frontend_metrics_port=frontend_met, grpc_inference_port=grpc_inf,
+                           grpc_management_port=grpc_mgmt)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@ when it is ready: every model in the config's model_snapshot has a READY worker 
 /ping says healthy before workers load). Used by `make serve`, the demo and the tests."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -13,8 +12,12 @@ import requests
 
 from scripts.runtime.mar import read_manifest, read_spec
 from scripts.serve.process import ServerError, ServerProcess, read_pid, stop_process_group
+from handlers.exporter import snapshot
 from handlers.settings import ServingSettings
 from scripts.serve.settings import ModelServingSettings
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class TorchServeError(ServerError):
@@ -29,11 +32,10 @@ WORKER_RESTART_MARKER = "Retry worker:"
 
 def snapshot_models(config: Path) -> dict[str, list[str]]:
     """Model name → versions, from the model_snapshot line of a config.properties."""
-    for line in config.read_text().splitlines():
-        if line.startswith("model_snapshot="):
-            models = json.loads(line.split("=", 1)[1])["models"]
-            return {name: sorted(versions) for name, versions in models.items()}
-    raise TorchServeError(f"{config} has no model_snapshot line")
+    try:
+        return {name: sorted(versions) for name, versions in snapshot(config).items()}
+    except ValueError as e:
+        raise TorchServeError(str(e)) from e
 
 
 class TorchServe(ServerProcess):
@@ -41,8 +43,10 @@ class TorchServe(ServerProcess):
     error = TorchServeError
     poll_seconds = 0.5
 
-    def __init__(self, store: Path, settings: ServingSettings, run_dir: Path, extra_env: dict[str, str] | None = None):
+    def __init__(self, store: Path, settings: ServingSettings, run_dir: Path, extra_env: dict[str, str] | None = None,
+                 exporter: bool = True):
         super().__init__(run_dir, "torchserve.out")
+        self.exporter = exporter  # False: TorchServe alone, as a stock image runs it (no fine buckets)
         self.extra_env = dict(extra_env or {})  # e.g. TS_* limits, as the chart sets them
         self.store = Path(store).resolve()
         self.settings = settings
@@ -50,9 +54,17 @@ class TorchServe(ServerProcess):
         self.pid_file = self.run_dir / "torchserve.pid"
 
     def command(self) -> list[str]:
+        """TorchServe under the metrics exporter, as the chart's ServingRuntime runs it."""
         exe = Path(sys.executable).parent / "torchserve"
-        return [str(exe), "--start", "--foreground", "--ncs", "--ts-config", str(self.config),
-                "--model-store", str(self.store / "model-store")]
+        torchserve = [str(exe), "--start", "--foreground", "--ncs", "--ts-config", str(self.config),
+                      "--model-store", str(self.store / "model-store")]
+        if not self.exporter:
+            return torchserve
+        s = self.settings
+        return [sys.executable, "-m", "handlers.exporter", "--listen", f"{s.host}:{s.metrics_port}",
+                "--frontend-port", str(s.frontend_metrics_port), "--config", str(self.config),
+                "--multiproc-dir", str(self.run_dir / "handler-metrics"), "--log-location", str(self.run_dir / "logs"),
+                "--", *torchserve]
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
@@ -60,7 +72,8 @@ class TorchServe(ServerProcess):
         env.update(self.settings.torchserve_env())
         tmp = self.run_dir / "tmp"  # TorchServe keeps one pid file per TMPDIR: isolate instances
         env.update(TMPDIR=str(tmp), LOG_LOCATION=str(self.run_dir / "logs"),
-                   METRICS_LOCATION=str(self.run_dir / "logs"))
+                   METRICS_LOCATION=str(self.run_dir / "logs"),
+                   PYTHONPATH=str(REPO_ROOT))  # the exporter's; it keeps it from TorchServe's workers
         return {**env, **self.extra_env}
 
     def start(self, timeout: float = 180) -> "TorchServe":

@@ -196,10 +196,13 @@ def test_notes_promise_no_grpc_through_kserves_ingress():
 def test_torchserve_runtime_runs_torchserve_directly_on_the_storage_layout():
     c = runtime_container(render(), "torchserve")
     assert c["image"] == "registry.example.com/image-classifier/torchserve:0.1.0"  # docker/Dockerfile.torchserve
-    # tini as PID 1, passing SIGTERM to the process group (tests/containers/test_pods.py measures the shutdown)
-    assert runtime_argv(c) == ["tini", "-g", "--", "torchserve", "--start", "--foreground", "--ncs",
-                               "--ts-config", f"{KSERVE_MODEL_MOUNT}/config/config.properties",
-                               "--model-store", f"{KSERVE_MODEL_MOUNT}/model-store"]
+    # tini as PID 1, passing SIGTERM to the process group (tests/containers/test_pods.py measures the
+    # shutdown); TorchServe runs as the metrics exporter's child (handlers/exporter.py)
+    argv = runtime_argv(c)
+    assert argv[:8] == ["tini", "-g", "--", "env", "PYTHONPATH=/opt/exporter", "python", "-m", "handlers.exporter"]
+    assert argv[argv.index("--", 3) + 1:] == ["torchserve", "--start", "--foreground", "--ncs",
+                                              "--ts-config", f"{KSERVE_MODEL_MOUNT}/config/config.properties",
+                                              "--model-store", f"{KSERVE_MODEL_MOUNT}/model-store"]
 
 
 def runtime_argv(container: dict) -> list[str]:
@@ -259,7 +262,8 @@ def test_a_drain_longer_than_the_grace_period_is_refused():
 
 def test_torchserve_env_and_ports_match_settings():
     """The chart's TS_* variables are TorchServe's own names from ServingSettings.torchserve_env():
-    inference, metrics and gRPC inference on 0.0.0.0; management (REST and gRPC) on loopback."""
+    inference and gRPC inference on 0.0.0.0; management (REST and gRPC) and the frontend's own
+    metrics on loopback, read by the exporter, which serves the pod's metrics port."""
     c = runtime_container(render(), "torchserve")
     env = env_of(c)
     pod = ServingSettings(host="0.0.0.0").torchserve_env()
@@ -277,7 +281,12 @@ def test_torchserve_env_and_ports_match_settings():
     }
     assert env["TS_INFERENCE_ADDRESS"] == "http://0.0.0.0:8080"
     assert env["TS_MANAGEMENT_ADDRESS"] == "http://127.0.0.1:8081"
-    assert env["TS_METRICS_ADDRESS"] == "http://0.0.0.0:8082"
+    # the frontend's own metrics on loopback; the exporter serves the pod's metrics port
+    assert env["TS_METRICS_ADDRESS"] == "http://127.0.0.1:8092"
+    command = c["command"]
+    exporter = command[command.index("handlers.exporter") + 1:command.index("torchserve")]
+    assert exporter == ["--listen", "0.0.0.0:8082", "--frontend-port", "8092",
+                        "--config", "/mnt/models/config/config.properties", "--"]
     assert (env["TS_GRPC_INFERENCE_ADDRESS"], env["TS_GRPC_INFERENCE_PORT"]) == ("0.0.0.0", "7070")
     s = ServingSettings()
     assert ports_of(c) == {"http1": s.inference_port, "h2c": s.grpc_inference_port, "metrics": s.metrics_port}
@@ -423,7 +432,8 @@ def test_where_the_gateway_sends_each_protocol(values):
 @pytest.mark.parametrize("values", [None, *VALUES_FILES])
 def test_management_port_is_never_exposed(values):
     objs = render(values)
-    management = {ServingSettings().management_port, ServingSettings().grpc_management_port}
+    s = ServingSettings()  # the loopback-only listeners
+    management = {s.management_port, s.grpc_management_port, s.frontend_metrics_port}
     for svc in of_kind(objs, "Service"):
         assert not {p["port"] for p in svc["spec"]["ports"]} & management
         assert not {p["targetPort"] for p in svc["spec"]["ports"]} & management
@@ -596,7 +606,9 @@ def test_monitoring_on_by_default():
     objs = render()
     rule = one(objs, "PrometheusRule", "image-classifier")
     rules_file = CHART / "files" / "rules.yaml"
-    assert rule["spec"]["groups"] == (yaml.safe_load(rules_file.read_text()) or {}).get("groups", [])
+    generated = (yaml.safe_load(rules_file.read_text()) or {}).get("groups", [])
+    # then the SLO objectives of each model (tests/monitoring/test_slo.py)
+    assert rule["spec"]["groups"][:-1] == generated and rule["spec"]["groups"][-1]["name"] == "image-classifier.slo-parameters"
     dash = one(objs, "ConfigMap", "image-classifier-dashboard")
     assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dash["data"]["image-classifier.json"]) == json.loads((CHART / "files" / "dashboard.json").read_text())

@@ -88,7 +88,7 @@ def test_knative_rules_refuse_what_the_webhook_refuses(tmp_path):
 
 def test_a_loopback_listener_on_a_routed_port_is_refused():
     objs = copy.deepcopy(render(None))
-    env = one(objs, "ServingRuntime", "image-classifier-torchserve")["spec"]["containers"][0]["env"]
-    next(e for e in env if e["name"] == "TS_METRICS_ADDRESS")["value"] = "http://127.0.0.1:8082"
+    command = one(objs, "ServingRuntime", "image-classifier-torchserve")["spec"]["containers"][0]["command"]
+    command[command.index("--listen") + 1] = "127.0.0.1:8082"  # the exporter's metrics port
     with pytest.raises(PodCheckError, match=r"not bound on 0.0.0.0: \{8082: '127.0.0.1'\}"):
         check_routed_ports_bind_every_interface(objs, one(objs, "InferenceService", "fashion-mnist"))

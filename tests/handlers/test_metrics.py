@@ -1,5 +1,6 @@
 """Handler metrics: recorded per batch in-process, and exported by a real TorchServe's /metrics
-with the names and labels of handlers/metrics.py."""
+with the names and labels of handlers/metrics.py: by the frontend where TorchServe runs alone (a
+stock image); tests/handlers/test_exporter.py has TorchServe under our exporter."""
 import time
 from collections import Counter
 from types import SimpleNamespace
@@ -11,6 +12,8 @@ import requests
 from handlers import metrics as m
 from handlers.classifier import ImageClassifier
 from handlers.errors import EmptyInput
+from scripts.serve.settings import loopback_settings
+from scripts.serve.torchserve import TorchServe
 from tests.helpers import MODEL_NAME, metric_value as value
 
 
@@ -44,11 +47,21 @@ def test_prometheus_backend_uses_the_same_names_and_labels():
 
 
 def scrape(ts) -> str:
-    return requests.get(ts.settings.metrics_url, timeout=10).text
+    return requests.get(f"http://127.0.0.1:{ts.settings.frontend_metrics_port}/metrics", timeout=10).text
+
+
+@pytest.fixture(scope="module")
+def stock_torchserve(store, tmp_path_factory):
+    """TorchServe without the exporter: the handler's metrics go through the frontend."""
+    ts = TorchServe(store, loopback_settings(), tmp_path_factory.mktemp("ts-stock"), exporter=False)
+    ts.start(timeout=180)
+    yield ts
+    ts.stop()
 
 
 @pytest.mark.integration
-def test_torchserve_exports_handler_metrics(torchserve, samples):
+def test_torchserve_alone_exports_handler_metrics(stock_torchserve, samples):
+    torchserve = stock_torchserve
     out_dir, listed = samples
     url = f"{torchserve.settings.inference_url}/predictions/{MODEL_NAME}"
     before = scrape(torchserve)
@@ -75,3 +88,7 @@ def test_torchserve_exports_handler_metrics(torchserve, samples):
     assert delta(f"{m.STAGE_SECONDS}_count", stage="inference") == 3
     assert delta(f"{m.BATCH_SIZE}_sum") == 3
     assert value(after, m.MODEL_LOAD_SECONDS, **labels) > 0
+    # the frontend's histograms: TorchServe 0.12's fixed default buckets, 5 ms the finest
+    stage_buckets = [line for line in after.splitlines() if line.startswith(f"{m.STAGE_SECONDS}_bucket")]
+    assert any('le="0.005"' in line for line in stage_buckets)
+    assert not any('le="0.00063"' in line for line in stage_buckets)

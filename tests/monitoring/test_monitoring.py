@@ -6,6 +6,7 @@ date, the dashboard has its panels and variables, the local prometheus.yml passe
 job label the chart's PodMonitors/ServiceMonitors give the series (prometheus-operator's naming)."""
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import shutil
@@ -20,7 +21,7 @@ from PIL import Image
 
 from handlers import metrics as hm
 from scripts.deploy import k8s_render
-from scripts.monitoring import dashboard, generate, load, names, prometheus, rules, rules_tests
+from scripts.monitoring import dashboard, generate, load, names, prometheus, rules, rules_tests, slo
 
 promtool = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(promtool is None, reason="promtool missing: make setup installs Debian prometheus")
@@ -47,7 +48,7 @@ def test_label_names_are_the_ones_the_handler_emits():
 def test_committed_rules_pass_promtool_check():
     out = run_promtool("check", "rules", str(generate.FILES_DIR / "rules.yaml"))
     assert out.returncode == 0, out.stdout + out.stderr
-    assert f"SUCCESS: {len(rules.recording_rules()) + len(rules.alert_rules())} rules found" in out.stdout
+    assert f"SUCCESS: {sum(len(g['rules']) for g in rules.rule_groups())} rules found" in out.stdout
 
 
 @needs_promtool
@@ -64,7 +65,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case():
     for t in rules_tests.unit_tests()["tests"]:
         for a in t.get("alert_rule_test", []):
             cases.setdefault(a["alertname"], []).append(len(a["exp_alerts"]))
-    assert set(cases) == {a["alert"] for a in rules.alert_rules()}
+    assert set(cases) == {a["alert"] for a in rules.every_alert()}
     assert all(any(c) and 0 in c for c in cases.values()), cases
 
 
@@ -101,12 +102,19 @@ def test_dashboard_has_the_panels_and_variables():
     titles = [p["title"] for p in d["panels"]]
     assert titles == [p.title for p in dashboard.PANELS]
     exprs = "\n".join(t["expr"] for p in d["panels"] for t in p["targets"])
-    for needed in [*rules.HANDLE_QUANTILE.values(), rules.STAGE_P95, rules.REQUEST_RATE, rules.REJECTED_RATE,
-                   rules.HTTP_RATE, names.QUEUE_LATENCY_US, names.BATCH_SIZE, names.PREDICTIONS,
+    for needed in [*rules.HANDLE_QUANTILE.values(), *rules.REQUEST_QUANTILE.values(), rules.STAGE_P95,
+                   rules.REQUEST_RATE, rules.REJECTED_RATE, rules.IN_FLIGHT, names.REQUEST_SECONDS,
+                   names.QUEUE_LATENCY_US, names.QUEUE_WAIT_SECONDS, names.QUEUE_DEPTH, names.INFLIGHT,
+                   slo.BAD_RATIO["availability"]["1h"], slo.BAD_RATIO["latency"]["1h"], names.BATCH_SIZE, names.PREDICTIONS,
                    names.CPU_UTILIZATION, names.MEMORY_USED, names.PROCESS_CPU_SECONDS, names.PROCESS_RSS_BYTES,
                    names.GPU_UTILIZATION, names.GPU_MEMORY_UTILIZATION, names.DCGM_GPU_UTIL, names.DCGM_FB_USED]:
         assert needed in exprs, needed
     assert all(p["datasource"]["uid"] == "${datasource}" for p in d["panels"])
+    # the latency heatmap reads the buckets as they are: Prometheus' heatmap format, no recalculation
+    heatmaps = [p for p in d["panels"] if p["type"] == "heatmap"]
+    assert [p["title"] for p in heatmaps] == ["Request latency heatmap"]
+    assert heatmaps[0]["targets"][0]["format"] == "heatmap" and heatmaps[0]["options"]["calculate"] is False
+    assert f"{names.REQUEST_SECONDS}_bucket" in heatmaps[0]["targets"][0]["expr"]
 
 
 def test_panels_for_one_runtime_say_so():
@@ -256,7 +264,7 @@ def test_make_monitor_renders_every_panel_from_live_data(torchserve, data_dir, t
         monkeypatch.setenv(f"SERVE_{field.upper()}", str(getattr(s, field)))
     out = tmp_path / "monitor" / "dashboard.png"
     # a store that does not exist: the running TorchServe must be used, none started
-    assert monitor.main(["--store", str(tmp_path / "no-store"), "--data-dir", str(data_dir), "--requests", "150",
+    assert monitor.main(["--store", str(tmp_path / "no-store"), "--data-dir", str(data_dir), "--requests", "1500",
                          "--seconds", "8", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"using the running TorchServe ({s.metrics_url})" in printed
@@ -267,6 +275,14 @@ def test_make_monitor_renders_every_panel_from_live_data(torchserve, data_dir, t
     has_gpu = shutil.which("nvidia-smi") is not None
     empty = [title for title, n in drawn.items() if int(n) == 0 and (has_gpu or title not in gpu)]
     assert not empty, empty
+    # the request histogram against the load generator: within one bucket, off the bucket edges
+    compared = re.findall(r"^  (p\d+): load generator ([\d.]+) ms, Prometheus ([\d.]+) ms$", printed, re.M)
+    assert [key for key, _, _ in compared] == list(rules.QUANTILES), printed
+    edges = hm.LATENCY_BUCKETS
+    for key, client, server in compared[:2]:  # p50, p95: a short load has only a few p99 samples
+        client_s, server_s = float(client) / 1e3, float(server) / 1e3
+        assert abs(bisect.bisect_left(edges, client_s) - bisect.bisect_left(edges, server_s)) <= 1, (key, client, server)
+    assert float(compared[0][2]) / 1e3 not in edges
     with Image.open(out) as img:
         rows = -(-len(dashboard.PANELS) // 3)
         assert img.format == "PNG" and img.size == (3 * 6 * 80, round(rows * 3.6 * 80))

@@ -59,7 +59,8 @@ def test_config_properties_is_kserve_layout_with_safe_defaults(store):
                  if line and not line.startswith("#"))
     defaults = ServingSettings()
     assert props["inference_address"] == defaults.inference_url
-    assert props["metrics_address"] == f"http://127.0.0.1:{defaults.metrics_port}"
+    # the frontend's own metrics, on loopback: the exporter serves the metrics port
+    assert props["metrics_address"] == f"http://127.0.0.1:{defaults.frontend_metrics_port}"
     assert props["metrics_mode"] == "prometheus"
     assert props["enable_envvars_config"] == "true"
     assert props["enable_model_api"] == "false"  # models only from the snapshot (FrontendSettings)

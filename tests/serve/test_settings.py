@@ -21,13 +21,14 @@ def test_bad_port_is_a_clear_error():
 
 
 def test_torchserve_env_uses_torchserves_own_variable_names():
-    env = ServingSettings(inference_port=1, management_port=2, metrics_port=3,
+    env = ServingSettings(host="0.0.0.0", inference_port=1, management_port=2, metrics_port=3, frontend_metrics_port=6,
                           grpc_inference_port=4, grpc_management_port=5).torchserve_env()
+    # the frontend's own metrics stay on loopback: the exporter serves metrics_port (handlers/exporter.py)
     assert env == {
-        "TS_INFERENCE_ADDRESS": "http://127.0.0.1:1", "TS_MANAGEMENT_ADDRESS": "http://127.0.0.1:2",
-        "TS_METRICS_ADDRESS": "http://127.0.0.1:3", "TS_GRPC_INFERENCE_ADDRESS": "127.0.0.1",
-        "TS_GRPC_INFERENCE_PORT": "4", "TS_GRPC_MANAGEMENT_ADDRESS": "127.0.0.1",
-        "TS_GRPC_MANAGEMENT_PORT": "5", "TS_CORS_ALLOWED_ORIGIN": "http://127.0.0.1:8090",
+        "TS_INFERENCE_ADDRESS": "http://0.0.0.0:1", "TS_MANAGEMENT_ADDRESS": "http://0.0.0.0:2",
+        "TS_METRICS_ADDRESS": "http://127.0.0.1:6", "TS_GRPC_INFERENCE_ADDRESS": "0.0.0.0",
+        "TS_GRPC_INFERENCE_PORT": "4", "TS_GRPC_MANAGEMENT_ADDRESS": "0.0.0.0",
+        "TS_GRPC_MANAGEMENT_PORT": "5", "TS_CORS_ALLOWED_ORIGIN": "http://0.0.0.0:8090",
         "TS_CORS_ALLOWED_METHODS": "GET, POST, OPTIONS", "TS_CORS_ALLOWED_HEADERS": "Content-Type"}
 
 

@@ -91,6 +91,12 @@ seccompProfile:
 {{- if and (not $standard) (has $v.autoscaling.metric (list "cpu" "memory")) -}}
 {{- fail (printf "autoscaling.metric %q is an HPA metric; deploymentMode Knative (KPA) scales on concurrency or rps" $v.autoscaling.metric) -}}
 {{- end -}}
+{{- if and (not $standard) $v.autoscaling.keda.enabled -}}
+{{- fail "autoscaling.keda needs deploymentMode Standard (KServe supports KEDA in Standard mode only; Knative's KPA scales on concurrency or rps itself)" -}}
+{{- end -}}
+{{- if and $v.autoscaling.keda.enabled (not $v.monitoring.prometheusRule.enabled) -}}
+{{- fail "autoscaling.keda scales on series the chart's recording rules write: it needs monitoring.prometheusRule.enabled" -}}
+{{- end -}}
 {{- if and $standard (lt (int $v.autoscaling.minReplicas) 1) -}}
 {{- fail "autoscaling.minReplicas 0 (scale to zero) needs deploymentMode Knative; Standard mode keeps at least 1 replica" -}}
 {{- end -}}
