@@ -3,7 +3,7 @@ the frontend's own metrics (read from its loopback metrics port) followed by the
 metrics, which TorchServe's workers write with prometheus_client in multiprocess mode (TorchServe
 0.12's frontend gives every histogram the default 5 ms .. 10 s buckets, too coarse for a fast
 model), and a request latency histogram read from TorchServe's access log. It exits with
-TorchServe's exit status; SIGTERM and SIGINT are passed on.
+TorchServe's exit status (128 + N where a signal N ended it); SIGTERM and SIGINT are passed on.
 
     python -m handlers.exporter --listen 0.0.0.0:8082 --frontend-port 8092 \\
         --config /mnt/models/config/config.properties -- torchserve --start --foreground ...
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     code = child.wait()
     stop.set()
     server.shutdown()
-    return code
+    return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell or tini reports it
 
 
 if __name__ == "__main__":

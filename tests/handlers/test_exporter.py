@@ -108,12 +108,15 @@ def write_config(path, models: dict[str, str]):
 
 
 @pytest.mark.integration
-def test_the_exporter_passes_signals_and_the_exit_status(tmp_path):
-    """The child here is a stand-in process (TorchServe's run is tested below): it records the
-    signal it gets and exits with its own status."""
+@pytest.mark.parametrize("on_sigterm, status", [("signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))", 7),
+                                                ("", 128 + signal.SIGTERM)])
+def test_the_exporter_passes_signals_and_the_exit_status(tmp_path, on_sigterm, status):
+    """The child here is a stand-in process (TorchServe's run is tested below): it exits with its
+    own status, or dies of the signal, which the exporter reports as 128 + N (as tini does: the
+    pod's exit code 143 for SIGTERM)."""
     config = write_config(tmp_path / "config.properties", {"m": "1.0"})
     child = ("import signal, sys, time\n"
-             "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+             f"{on_sigterm}\n"
              "print('started', flush=True)\n"
              "time.sleep(60)\n")
     port, frontend = free_ports(2)
@@ -134,7 +137,7 @@ def test_the_exporter_passes_signals_and_the_exit_status(tmp_path):
         assert text.startswith("# frontend metrics unavailable")  # nothing on the frontend port
         assert requests.get(f"http://127.0.0.1:{port}/other", timeout=2).status_code == 404
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 7
+        assert proc.wait(10) == status
     finally:
         proc.kill()
 
