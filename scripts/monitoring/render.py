@@ -71,15 +71,16 @@ def render(prom: Prometheus, out: Path, start: float, end: float, step: float = 
         ax.set_ylabel(spec.unit)
         ax.tick_params(labelsize=7)
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
-        if count and not spec.heatmap:
-            ax.legend(fontsize=6, loc="upper left")
+        if count:
+            if not spec.heatmap:
+                ax.legend(fontsize=6, loc="upper left")
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         drawn[spec.title] = count
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"{dashboard.TITLE}: live data from {prom.url}" + (f"\n{note}" if note else ""), fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97 if note else 0.985))  # room for the title lines
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)

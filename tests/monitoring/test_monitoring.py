@@ -275,13 +275,17 @@ def test_make_monitor_renders_every_panel_from_live_data(torchserve, data_dir, t
     has_gpu = shutil.which("nvidia-smi") is not None
     empty = [title for title, n in drawn.items() if int(n) == 0 and (has_gpu or title not in gpu)]
     assert not empty, empty
-    # the request histogram against the load generator: within one bucket, off the bucket edges
+    # the request histogram against the load generator: each round trip holds the server's time,
+    # so Prometheus' percentile lies at most one bucket above the client's (on a quiet machine
+    # within one bucket of it; a busy one slows the client's side, not the server's); p50 lies off
+    # the bucket edges
     compared = re.findall(r"^  (p\d+): load generator ([\d.]+) ms, Prometheus ([\d.]+) ms$", printed, re.M)
     assert [key for key, _, _ in compared] == list(rules.QUANTILES), printed
     edges = hm.LATENCY_BUCKETS
     for key, client, server in compared[:2]:  # p50, p95: a short load has only a few p99 samples
         client_s, server_s = float(client) / 1e3, float(server) / 1e3
-        assert abs(bisect.bisect_left(edges, client_s) - bisect.bisect_left(edges, server_s)) <= 1, (key, client, server)
+        assert 0 < server_s and bisect.bisect_left(edges, server_s) <= bisect.bisect_left(edges, client_s) + 1, \
+            (key, client, server)
     assert float(compared[0][2]) / 1e3 not in edges
     with Image.open(out) as img:
         rows = -(-len(dashboard.PANELS) // 3)
