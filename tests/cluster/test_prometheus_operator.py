@@ -11,8 +11,8 @@ monitoring; values.yaml's extra `labels` are empty) in the release's namespace. 
 generates is read back: the gzipped configuration in the Secret `prometheus-<name>` (a scrape job
 per PodMonitor endpoint, checked against the chart's metrics port and the ServingRuntime's
 declared container ports), the rule files in the ConfigMap `prometheus-<name>-rulefiles-0`
-(equal to files/rules.yaml, passing Debian's `promtool check rules`), the whole configuration
-through `promtool check config` of the Prometheus release the operator links (built here too:
+(files/rules.yaml and the release's SLO objectives, passing Debian's `promtool check rules`), the
+whole configuration through `promtool check config` of the Prometheus release the operator links (built here too:
 Debian's 2.42 cannot parse it, a test keeps that true), and each resource's `Accepted` condition
 (feature gate StatusForConfigurationResources). The StatefulSet it creates never runs here (no
 node, no prometheus image): its pod stays Pending; its template is checked for the config Secret
@@ -36,6 +36,7 @@ import yaml
 
 from scripts.cluster import build
 from scripts.cluster import prometheus_operator as po_mod
+from scripts.monitoring import slo
 from tests.cluster.helpers import CHART, HELM, helm, kubectl, missing, wait_for
 
 NS = "ic-prom"  # the release's namespace
@@ -169,14 +170,18 @@ def test_prometheusrule_lands_in_the_rules_configmap_and_passes_promtool(plane, 
     files = rule_files(plane)
     name = chart_rule_file(files)
     chart_rules = yaml.safe_load((CHART / "files" / "rules.yaml").read_text())
-    assert yaml.safe_load(files[name])["groups"] == chart_rules["groups"]
+    groups = yaml.safe_load(files[name])["groups"]
+    # the generated rules, then the release's SLO objectives per model (scripts/monitoring/slo.py)
+    assert groups[:-1] == chart_rules["groups"]
+    assert groups[-1]["name"] == slo.PARAMETER_GROUP
+    assert {r["labels"]["ModelName"] for r in groups[-1]["rules"]} == {"fashion-mnist", "imagenet"}
     promtool = shutil.which("promtool")
     if promtool is None:
         missing("promtool missing: `bash scripts/setup.sh` installs Debian's prometheus package")
     (tmp_path / name).write_text(files[name])
     proc = subprocess.run([promtool, "check", "rules", str(tmp_path / name)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"SUCCESS: {sum(len(g['rules']) for g in chart_rules['groups'])} rules found" in proc.stdout
+    assert f"SUCCESS: {sum(len(g['rules']) for g in groups)} rules found" in proc.stdout
     accepted = wait_for("the PrometheusRule's Accepted condition",
                         lambda: conditions(plane, "prometheusrule", "image-classifier"))
     assert accepted[0]["status"] == "True", accepted
