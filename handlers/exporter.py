@@ -62,7 +62,7 @@ class AccessLog:
     histogram, one observation per inference request to a served model."""
 
     def __init__(self, path: Path, versions: dict[str, str], registry):
-        self.path, self.versions = Path(path), versions
+        self.path = Path(path)
         self.metrics = {name: hm.PrometheusMetrics(name, version, registry) for name, version in versions.items()}
         self.only = next(iter(self.metrics.values())) if len(self.metrics) == 1 else None
 

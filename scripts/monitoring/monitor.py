@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 
 from scripts.monitoring import dashboard, load, names, render, rules
-from scripts.monitoring.prometheus import Prometheus, write_config
+from scripts.monitoring.prometheus import Prometheus, sample_total, write_config
 from handlers.settings import ServingSettings
 from scripts.serve.settings import DEFAULT_MODEL
 from scripts.serve.torchserve import TorchServe
@@ -88,11 +88,8 @@ def quantiles_against_client(prom: Prometheus, settings: ServingSettings, model:
 
 def server_total(settings: ServingSettings, sample: str, model: str) -> float:
     """The server's own value of `sample` (2xx) for `model`, summed over its other labels."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     text = requests.get(settings.metrics_url, timeout=10).text
-    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-               if s.name == sample and s.labels.get(names.MODEL) == model and s.labels.get(names.CODE) == "2xx")
+    return sample_total(text, sample, **{names.MODEL: model, names.CODE: "2xx"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,14 @@ def job_name(runtime: str, namespace: str = LOCAL_NAMESPACE, chart_name: str = C
     return f"{namespace}/{chart_name}-{runtime}"
 
 
+def sample_total(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples named `name` in Prometheus exposition text whose labels include `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == name and labels.items() <= s.labels.items())
+
+
 class PrometheusError(ServerError):
     pass
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from handlers import metrics as hm
 from scripts.harness import machine
+from scripts.monitoring.prometheus import sample_total
 
 REPEATS = 5
 SCRAPES = 20
@@ -52,7 +53,6 @@ def scrape(directory: Path) -> dict:
     requests it counts."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
-    from prometheus_client.parser import text_string_to_metric_families
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))
@@ -61,8 +61,7 @@ def scrape(directory: Path) -> dict:
         start = time.perf_counter()
         text = generate_latest(registry)
         times.append(time.perf_counter() - start)
-    requests = sum(s.value for fam in text_string_to_metric_families(text.decode()) for s in fam.samples
-                   if s.name == f"{hm.REQUEST_SECONDS}_count")
+    requests = sample_total(text.decode(), f"{hm.REQUEST_SECONDS}_count")
     return {"seconds": statistics.median(times), "bytes": len(text), "requests": int(requests)}
 
 
