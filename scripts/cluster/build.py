@@ -1,4 +1,5 @@
-"""Build the control plane's multi-call binary (scripts/cluster/go) into a versioned cache.
+"""Build the control plane's multi-call binary (scripts/cluster/go) into a versioned cache, and
+(GoBinary) any other upstream Go program, from its module, into the same cache.
 
 The cache folder is named after the pinned Kubernetes release and a hash of go.mod, go.sum and
 main.go, so a second `make cluster` finds the binary and starts in seconds, and any change of
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -132,6 +135,74 @@ def ldflags(version: str) -> str:
 
 def log(message: str) -> None:
     print(f"cluster-build: {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class GoBinary:
+    """A command of a Go module built in place in Go's read-only module cache, with the module's
+    go.mod as the main module; `nested`: modules of the same repository and version that its
+    go.mod replaces with ./ folders the module zip leaves out. The recipe's hash names the cache
+    folder <cache>/<name>-<version>-<hash>/, so any change builds a new binary beside the old."""
+    name: str
+    module: str
+    version: str
+    package: str
+    flags: tuple[str, ...]
+    nested: tuple[str, ...] = ()
+
+    def recipe_hash(self) -> str:
+        recipe = json.dumps({"module": self.module, "version": self.version, "package": self.package,
+                             "nested": self.nested, "flags": self.flags, "env": GO_ENV}, sort_keys=True)
+        return hashlib.sha256(recipe.encode()).hexdigest()[:12]
+
+    def path(self) -> Path:
+        return cache_root() / f"{self.name}-{self.version}-{self.recipe_hash()}" / self.name
+
+    def build(self, force: bool = False) -> Path:
+        """Build unless the cache has it (a lock keeps two builds apart); returns its path."""
+        exe = self.path()
+        if exe.exists() and not force:
+            return exe
+        go = find_go()
+        exe.parent.parent.mkdir(parents=True, exist_ok=True)
+        with open(exe.parent.parent / f".{self.name}-build.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if exe.exists() and not force:
+                return exe
+            src = module_source(self.module, self.version)
+            log(f"building {self.module}@{self.version} {self.package} into {exe.parent} "
+                "(minutes on 2 cores, once)")
+            start = time.monotonic()
+            tmp = exe.parent.with_name(exe.parent.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            # GOWORK=off: Prometheus' zip has a go.work naming folders the zip leaves out
+            env = dict(os.environ, **GO_ENV, GOWORK="off")
+            env.setdefault("GOTOOLCHAIN", "local")
+            modfile = []
+            if self.nested:  # a copy of go.mod (its go.sum beside it) read through -modfile
+                shutil.copyfile(src / "go.mod", tmp / "go.mod")
+                shutil.copyfile(src / "go.sum", tmp / "go.sum")
+                subprocess.run([go, "mod", "edit", *(
+                    f"-replace={self.module}/{n}={module_source(f'{self.module}/{n}', self.version)}"
+                    for n in self.nested), str(tmp / "go.mod")], check=True, env=env)
+                modfile = [f"-modfile={tmp / 'go.mod'}"]
+            proc = subprocess.run([go, "build", *self.flags, *modfile, "-o", str(tmp / self.name),
+                                   self.package], cwd=src, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+            if proc.returncode != 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise BuildError(f"go build {self.package} of {self.module}@{self.version} "
+                                 f"failed (exit {proc.returncode}) after {time.monotonic() - start:.0f} s:\n"
+                                 + "\n".join(proc.stdout.splitlines()[-40:]))
+            for name in ("go.mod", "go.sum"):
+                (tmp / name).unlink(missing_ok=True)
+            (tmp / "VERSION").write_text(f"{self.module} {self.version}\nrecipe {self.recipe_hash()}\n")
+            shutil.rmtree(exe.parent, ignore_errors=True)
+            tmp.rename(exe.parent)
+            log(f"built in {time.monotonic() - start:.0f} s: {exe} "
+                f"({exe.stat().st_size / 2**20:.0f} MiB)")
+        return exe
 
 
 def build(force: bool = False) -> Path:

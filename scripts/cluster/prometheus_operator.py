@@ -27,19 +27,15 @@ builds promtool of the Prometheus release the operator links, the same way (`bui
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from scripts.cluster import build
+from scripts.cluster.build import GoBinary
 from scripts.cluster.control_plane import ControlPlane
 from scripts.serve.process import free_ports, process_names, read_pid, stop_process_group
 
@@ -63,75 +59,6 @@ def version_ldflags(version: str) -> str:
     """The version stamp these projects' Makefiles set (prometheus/common/version): the operator
     names its config-reloader image after it."""
     return f"-s -w -X github.com/prometheus/common/version.Version={version.lstrip('v')}"
-
-
-@dataclass(frozen=True)
-class GoBinary:
-    """A command of a Go module built in place in Go's read-only module cache, with the module's
-    go.mod as the main module; `nested`: modules of the same repository and version that its
-    go.mod replaces with ./ folders the module zip leaves out. The recipe's hash names the cache
-    folder <cache>/<name>-<version>-<hash>/, so any change builds a new binary beside the old."""
-    name: str
-    module: str
-    version: str
-    package: str
-    flags: tuple[str, ...]
-    nested: tuple[str, ...] = ()
-
-    def recipe_hash(self) -> str:
-        recipe = json.dumps({"module": self.module, "version": self.version, "package": self.package,
-                             "nested": self.nested, "flags": self.flags, "env": build.GO_ENV}, sort_keys=True)
-        return hashlib.sha256(recipe.encode()).hexdigest()[:12]
-
-    def path(self) -> Path:
-        return build.cache_root() / f"{self.name}-{self.version}-{self.recipe_hash()}" / self.name
-
-    def build(self, force: bool = False) -> Path:
-        """Build unless the cache has it (a lock keeps two builds apart); returns its path."""
-        exe = self.path()
-        if exe.exists() and not force:
-            return exe
-        go = build.find_go()
-        exe.parent.parent.mkdir(parents=True, exist_ok=True)
-        with open(exe.parent.parent / f".{self.name}-build.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if exe.exists() and not force:
-                return exe
-            src = build.module_source(self.module, self.version)
-            log(f"building {self.module}@{self.version} {self.package} into {exe.parent} "
-                "(minutes on 2 cores, once)")
-            start = time.monotonic()
-            tmp = exe.parent.with_name(exe.parent.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            # GOWORK=off: Prometheus' zip has a go.work naming folders the zip leaves out
-            env = dict(os.environ, **build.GO_ENV, GOWORK="off")
-            env.setdefault("GOTOOLCHAIN", "local")
-            modfile = []
-            if self.nested:  # a copy of go.mod (its go.sum beside it) read through -modfile
-                shutil.copyfile(src / "go.mod", tmp / "go.mod")
-                shutil.copyfile(src / "go.sum", tmp / "go.sum")
-                subprocess.run([go, "mod", "edit", *(
-                    f"-replace={self.module}/{n}={build.module_source(f'{self.module}/{n}', self.version)}"
-                    for n in self.nested), str(tmp / "go.mod")], check=True, env=env)
-                modfile = [f"-modfile={tmp / 'go.mod'}"]
-            proc = subprocess.run([go, "build", *self.flags, *modfile, "-o", str(tmp / self.name),
-                                   self.package], cwd=src, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
-            if proc.returncode != 0:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise build.BuildError(f"go build {self.package} of {self.module}@{self.version} "
-                                       f"failed (exit {proc.returncode}) after "
-                                       f"{time.monotonic() - start:.0f} s:\n"
-                                       + "\n".join(proc.stdout.splitlines()[-40:]))
-            for name in ("go.mod", "go.sum"):
-                (tmp / name).unlink(missing_ok=True)
-            (tmp / "VERSION").write_text(f"{self.module} {self.version}\nrecipe {self.recipe_hash()}\n")
-            shutil.rmtree(exe.parent, ignore_errors=True)
-            tmp.rename(exe.parent)
-            log(f"built in {time.monotonic() - start:.0f} s: {exe} "
-                f"({exe.stat().st_size / 2**20:.0f} MiB)")
-        return exe
 
 
 OPERATOR = GoBinary(BINARY, MODULE, VERSION, "./cmd/operator",
