@@ -32,18 +32,28 @@ class ServingPolicy:
     (scripts/serve/policy.py) and read by both runtimes: TorchServe's workers and batching
     (config.properties, derived from this), the KServe-native runtime's batch workers, and the
     handler's threads and memory format (SERVE_TORCH_THREADS and SERVE_CHANNELS_LAST win; a GPU
-    uses its own defaults, handlers/accel.py). The defaults are the policy of a small model."""
+    uses its own defaults, handlers/accel.py). The defaults are those of a small model, which
+    scripts/serve/policy.py's LIGHT serves with a second TorchServe worker."""
 
     workers: int = 1  # forward passes at once: TorchServe workers, the runtime's batch threads
     batch_size: int = 8  # images per forward pass at most
-    max_batch_delay_ms: int = 5  # TorchServe waits this long for a batch; the runtime never waits
+    max_batch_delay_ms: int = 0  # TorchServe waits this long for a batch; the runtime never waits
     torch_threads: int = 1  # intra-op threads per forward pass; 0: the CPUs the container may use
     channels_last: bool = False
+    # TorchServe's worker processes when they differ from `workers` (None: the same). Its frontend
+    # hands each batch to a worker process over a socket, and a second process overlaps that hop;
+    # the runtime's passes need no hop (a light model's run on its event loop).
+    torchserve_workers: int | None = None
 
     def __post_init__(self):
-        if min(self.workers, self.batch_size) < 1 or min(self.torch_threads, self.max_batch_delay_ms) < 0:
-            raise ValueError(f"workers and batch_size must be >= 1, torch_threads and max_batch_delay_ms "
-                             f">= 0: {self}")
+        if (min(self.workers, self.batch_size, self.torchserve_workers or 1) < 1
+                or min(self.torch_threads, self.max_batch_delay_ms) < 0):
+            raise ValueError(f"workers, torchserve_workers and batch_size must be >= 1, torch_threads and "
+                             f"max_batch_delay_ms >= 0: {self}")
+
+    @property
+    def torchserve_worker_count(self) -> int:
+        return self.torchserve_workers or self.workers
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -136,7 +136,7 @@ def config_properties(model_store: Path, settings: ServingSettings,
         serving = model_settings.apply(read_spec(mar).serving)
         models.setdefault(m["modelName"], {})[m["modelVersion"]] = {
             "defaultVersion": True, "marName": mar.name,
-            "minWorkers": serving.workers, "maxWorkers": serving.workers,
+            "minWorkers": serving.torchserve_worker_count, "maxWorkers": serving.torchserve_worker_count,
             "batchSize": 1 if PROTOCOLS[protocol] else serving.batch_size,
             "maxBatchDelay": serving.max_batch_delay_ms,
             "responseTimeout": model_settings.response_timeout_s,

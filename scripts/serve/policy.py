@@ -2,10 +2,17 @@
 from the cost of one forward pass, counted in floating-point operations: a count, not a timing,
 so the same checkpoint always gets the same policy, whatever machine archives it.
 
-  light (under HEAVY_FLOPS; the default CNN: 4 MFLOPs): requests batched (up to 8; TorchServe waits
-      up to 5 ms for a batch), one pass at a time on one thread, contiguous memory. The pass takes
-      well under a millisecond, so the per-request work around it (HTTP, the hop to a worker) is
-      what batching shares, and a second thread only spins.
+  light (under HEAVY_FLOPS; the default CNN: 4 MFLOPs): requests batched (up to 8, whatever has
+      queued: no wait for a batch to fill), one pass at a time on one thread, contiguous memory; on
+      TorchServe two worker processes. The pass takes well under a millisecond, so the per-request
+      work around it (HTTP, the hop to a worker) is what batching shares, and in the KServe-native
+      runtime a second thread only spins. TorchServe's frontend hands each batch to a worker
+      process over a socket: with one worker the worker idles during that hop, and a batch delay
+      makes a lone client wait for a batch that never fills. Measured on the 2-core machine here
+      (docs/bench/bench.md; 5 interleaved rounds, medians, against the FastAPI baseline): batch 8
+      with a 5 ms delay and one worker served a lone client at 0.19-0.21x the baseline and 8
+      clients at 1.42x; no delay and two workers 0.63x and 1.75x; no delay and one worker 0.78x
+      but 1.11x; 1 ms and one worker 0.42-0.43x and 1.33-1.35x.
   heavy (EfficientNet-Lite0: 0.77 GFLOPs; ResNet-50: 8.2 GFLOPs): one image per pass, one pass at a
       time on every CPU the container may use (threads 0 = its CPU limit), channels_last. The pass
       is all compute. Measured on the 2-core machine here (docs/bench/bench-imagenet.md): batching
@@ -33,7 +40,8 @@ from handlers.spec import ServingPolicy
 # A pass of 100 MFLOPs takes a few milliseconds on one core of these CPUs: above it the server's
 # own per-request work is small beside the pass.
 HEAVY_FLOPS = 100e6
-LIGHT = ServingPolicy()
+LIGHT = ServingPolicy(workers=1, batch_size=8, max_batch_delay_ms=0, torch_threads=1, channels_last=False,
+                      torchserve_workers=2)
 HEAVY = ServingPolicy(workers=1, batch_size=1, max_batch_delay_ms=0, torch_threads=0, channels_last=True)
 PARALLEL_BELOW_FLOPS = 2e9
 PARALLEL = ServingPolicy(workers=2, batch_size=1, max_batch_delay_ms=0, torch_threads=1, channels_last=False)

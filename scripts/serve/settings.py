@@ -60,6 +60,7 @@ class ModelServingSettings:
     max_batch_delay_ms: int | None = None
     torch_threads: int | None = None
     channels_last: bool | None = None
+    torchserve_workers: int | None = None
     response_timeout_s: int = 120
     max_image_bytes: int = DEFAULT_MAX_BYTES
     max_image_pixels: int = DEFAULT_MAX_PIXELS

@@ -131,7 +131,7 @@ class TorchServe(ServerProcess):
     def registration(self, mar_name: str, model_settings: ModelServingSettings) -> dict[str, str | int]:
         """The model API's parameters for a `.mar` of the store, as the snapshot sets them."""
         serving = model_settings.apply(read_spec(self.store / "model-store" / mar_name).serving)
-        return {"url": mar_name, "initial_workers": serving.workers, "batch_size": serving.batch_size,
+        return {"url": mar_name, "initial_workers": serving.torchserve_worker_count, "batch_size": serving.batch_size,
                 "max_batch_delay": serving.max_batch_delay_ms, "response_timeout": model_settings.response_timeout_s}
 
     def register(self, mar_name: str, model_settings: ModelServingSettings | None = None,

@@ -23,6 +23,7 @@ from scripts.monitoring import dashboard, load, names, rules
 from scripts.monitoring.dashboard import KSERVE_NATIVE, RUNTIMES, TORCHSERVE
 from scripts.monitoring.monitor import free_port
 from scripts.monitoring.prometheus import Prometheus, PrometheusError, job_name, write_config
+from scripts.serve import policy
 from scripts.serve.kserve_native import KServeRuntime
 from scripts.serve.process import free_ports
 from tests.helpers import IMAGENET_NAME, MODEL_NAME, metric_value
@@ -311,11 +312,12 @@ def test_no_target_or_model_alerts(monitored):
     assert not alerts & {"ImageClassifierTargetDown", "ImageClassifierNoModelLoaded", "ImageClassifierWorkerRestarted"}
 
 
-def worker(torchserve, model: str) -> dict:
+def workers(torchserve, model: str) -> list[dict]:
     described = requests.get(f"{torchserve.settings.management_url}/models/{model}", timeout=5).json()
-    workers = described[0]["workers"]
-    assert len(workers) == 1, workers  # one worker per model in the archive's model_snapshot
-    return workers[0]
+    found = described[0]["workers"]
+    # as many as the archive's model_snapshot says (the light policy: two)
+    assert len(found) == policy.LIGHT.torchserve_worker_count, found
+    return found
 
 
 def test_a_killed_worker_fires_the_restart_alert(monitored, torchserve):
@@ -329,7 +331,7 @@ def test_a_killed_worker_fires_the_restart_alert(monitored, torchserve):
         return {(s["metric"][names.MODEL], s["metric"]["job"]) for s in prom.query(alert["expr"])}
 
     assert restarted() == set()
-    before = worker(torchserve, MODEL_NAME)
+    before = workers(torchserve, MODEL_NAME)[0]
     assert before["status"] == "READY"
     os.kill(int(before["pid"]), signal.SIGKILL)
     try:
@@ -349,5 +351,5 @@ def test_a_killed_worker_fires_the_restart_alert(monitored, torchserve):
         deadline = time.monotonic() + 120
         while not torchserve.ready() and time.monotonic() < deadline:
             time.sleep(0.5)
-    after = worker(torchserve, MODEL_NAME)
-    assert after["status"] == "READY" and after["pid"] != before["pid"]
+    after = workers(torchserve, MODEL_NAME)
+    assert all(w["status"] == "READY" for w in after) and before["pid"] not in [w["pid"] for w in after]

@@ -95,7 +95,8 @@ def test_each_archive_run_stages_in_its_own_temp_dir(trained, tmp_path, monkeypa
 
 
 def test_each_model_gets_its_policy_and_the_snapshot_follows_each_archive(store):
-    """The default CNN batches (8 images, 5 ms); EfficientNet-Lite0 runs one image per pass: each
+    """The default CNN batches (up to 8 images, no wait, two TorchServe workers); EfficientNet-Lite0
+    runs one image per pass: each
     archive's spec says so, and config.properties has it from there."""
     config = dict(line.split("=", 1) for line in (store / "config" / "config.properties").read_text().splitlines()
                   if line.startswith("model_snapshot="))
@@ -104,7 +105,8 @@ def test_each_model_gets_its_policy_and_the_snapshot_follows_each_archive(store)
         assert read_spec(store / "model-store" / f"{name}.mar").serving == expected
         entry = models[name]["1.0"]
         assert (entry["minWorkers"], entry["maxWorkers"], entry["batchSize"], entry["maxBatchDelay"]) == (
-            expected.workers, expected.workers, expected.batch_size, expected.max_batch_delay_ms)
+            expected.torchserve_worker_count, expected.torchserve_worker_count, expected.batch_size,
+            expected.max_batch_delay_ms)
 
 
 def test_the_cli_overrides_the_policy_field_by_field(trained, tmp_path, capsys):

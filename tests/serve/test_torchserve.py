@@ -8,6 +8,7 @@ import requests
 
 from handlers.classifier import ImageClassifier
 from scripts.client.predict import PredictError, predict
+from scripts.serve import policy
 from scripts.serve.settings import METRIC_REQUESTS_TOTAL
 from tests.helpers import IMAGENET_NAME, MODEL_NAME, assert_same_topk, png_bytes
 
@@ -86,8 +87,9 @@ def test_inference_requests_are_counted_in_prometheus_metrics(torchserve, sample
 def test_model_is_described_with_a_ready_worker(torchserve):
     (described,) = torchserve.model_status(MODEL_NAME)
     assert described["modelVersion"] == "1.0"
-    assert [w["status"] for w in described["workers"]] == ["READY"]
-    assert described["batchSize"] == 8
+    # the light policy's two worker processes (scripts/serve/policy.py)
+    assert [w["status"] for w in described["workers"]] == ["READY"] * policy.LIGHT.torchserve_worker_count
+    assert described["batchSize"] == 8 and described["maxBatchDelay"] == 0
 
 
 def test_cors_allows_the_try_it_page_only(torchserve):

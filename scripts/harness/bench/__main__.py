@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import shlex
 import shutil
 import sys
@@ -33,7 +32,7 @@ from handlers.settings import ENV_PREFIX
 from scripts.harness import machine
 from scripts.harness.bench import limit, report, targets
 from scripts.harness.bench.models import BENCH_MODELS
-from scripts.harness.bench.points import run_point
+from scripts.harness.bench.points import aggregate, run_point
 from scripts.harness.latency import quantile
 from scripts.runtime.mar import read_spec
 from scripts.serve import archive
@@ -62,14 +61,18 @@ def inprocess_batches(classifier, images: list[bytes], sizes: list[int], seconds
     return out
 
 
-def batch_setting(text: str) -> tuple[int, int]:
+def batch_setting(text: str) -> tuple[int, int, int | None]:
+    """SIZE:DELAY_MS[:WORKERS] (no WORKERS: the archive's)."""
     try:
-        size, delay = (int(x) for x in text.split(":"))
+        numbers = [int(x) for x in text.split(":")]
+        if len(numbers) not in (2, 3):
+            raise ValueError
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected SIZE:DELAY_MS such as 8:5, got {text!r}") from None
-    if size < 1 or delay < 0:
-        raise argparse.ArgumentTypeError(f"batch size must be ≥ 1 and delay ≥ 0, got {text!r}")
-    return size, delay
+        raise argparse.ArgumentTypeError(f"expected SIZE:DELAY_MS[:WORKERS] such as 8:5 or 1:0:2, got {text!r}") from None
+    size, delay, workers = numbers[0], numbers[1], numbers[2] if len(numbers) == 3 else None
+    if size < 1 or delay < 0 or (workers is not None and workers < 1):
+        raise argparse.ArgumentTypeError(f"batch size and workers must be ≥ 1 and delay ≥ 0, got {text!r}")
+    return size, delay, workers
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -90,30 +93,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per point (not counted)")
     p.add_argument("--max-requests", type=int, default=100_000, help="cap per point")
     p.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS))
-    p.add_argument("--torchserve-batch", type=batch_setting, nargs="*", default=[(1, 0)], metavar="SIZE:DELAY_MS",
-                   help="TorchServe batch settings measured besides the archive's own (named plainly), each "
-                        "with a (bSIZE/DELAYms) suffix; one equal to the archive's is skipped (default: 1:0)")
+    p.add_argument("--torchserve-batch", type=batch_setting, nargs="*", default=[(1, 0, None)],
+                   metavar="SIZE:DELAY_MS[:WORKERS]",
+                   help="TorchServe batch settings (and worker count) measured besides the archive's own (named "
+                        "plainly), each with a (bSIZE/DELAYms[/Nw]) suffix; one equal to the archive's is skipped "
+                        "(default: 1:0)")
     p.add_argument("--kserve-args", default="", help="extra flags for scripts.runtime, e.g. '--inline-below-ms 2'")
     p.add_argument("--inprocess-batches", type=int, nargs="*", default=[1, 8, 32])
     p.add_argument("--out", type=Path, default=Path("docs/bench"), help="where bench.{json,md,png} go")
     p.add_argument("--mode", default="CPU", help="a label for the results' title")
     return p
-
-
-def aggregate(rounds: list[dict]) -> dict:
-    """One point from its rounds: medians, the throughput's spread, errors summed."""
-    if len(rounds) == 1:
-        return rounds[0]
-    med = lambda key: None if rounds[0].get(key) is None else statistics.median(r[key] for r in rounds)  # noqa: E731
-    rps = [r["throughput_rps"] for r in rounds]
-    first_error = next((r["first_error"] for r in rounds if r.get("first_error")), "")
-    return {"target": rounds[0]["target"], "concurrency": rounds[0]["concurrency"], "repeats": len(rounds),
-            "seconds": round(sum(r["seconds"] for r in rounds), 3), "requests": sum(r["requests"] for r in rounds),
-            "errors": sum(r["errors"] for r in rounds), "wrong": sum(r["wrong"] for r in rounds),
-            "throughput_rps": round(statistics.median(rps), 1), "throughput_min": min(rps), "throughput_max": max(rps),
-            **{k: round(med(k), 3) for k in ("p50_ms", "p95_ms", "p99_ms")},
-            "server_cpu_ms": None if med("server_cpu_ms") is None else round(med("server_cpu_ms"), 3),
-            **({"first_error": first_error} if first_error else {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,15 +188,18 @@ def main(argv: list[str] | None = None) -> int:
                     if target in args.targets:
                         plan.append((target, client(rt, name + ONNX, images), levels, rt, expected))
             if {"torchserve-rest", "torchserve-grpc", "torchserve-rest-onnx"} & set(args.targets):
-                variants = [(None, None)] + [(size, delay) for size, delay in args.torchserve_batch
-                                             if (size, delay) != (serving.batch_size, serving.max_batch_delay_ms)]
-                for n, (size, delay) in enumerate(variants):
-                    suffix = "" if n == 0 else f" (b{size}/{delay}ms)"
+                own_setting = (serving.batch_size, serving.max_batch_delay_ms, serving.torchserve_worker_count)
+                variants = [(None, None, None)] + [
+                    (size, delay, workers) for size, delay, workers in args.torchserve_batch
+                    if (size, delay, workers or serving.torchserve_worker_count) != own_setting]
+                for n, (size, delay, workers) in enumerate(variants):
+                    suffix = "" if n == 0 else f" (b{size}/{delay}ms{f'/{workers}w' if workers else ''})"
                     own = work / f"store-{n}"
                     shutil.copytree(store, own)
-                    archive.write_config(own, model_settings=ModelServingSettings(batch_size=size, max_batch_delay_ms=delay))
+                    archive.write_config(own, model_settings=ModelServingSettings(
+                        batch_size=size, max_batch_delay_ms=delay, torchserve_workers=workers))
                     ts = stack.enter_context(targets.Stopper(targets.start_torchserve(own, work / f"torchserve-{n}")))
-                    servers.append(f"TorchServe 0.12{suffix}: {serving.workers} worker(s), batch size "
+                    servers.append(f"TorchServe 0.12{suffix}: {workers or serving.torchserve_worker_count} worker(s), batch size "
                                    f"{size or serving.batch_size}, max batch delay {serving.max_batch_delay_ms if delay is None else delay} ms")
                     if "torchserve-rest" in args.targets:
                         plan.append((f"torchserve-rest{suffix}", targets.torchserve_rest_client(ts, name, images), levels, ts,

@@ -4,6 +4,7 @@ so a fast wrong answer never counts as throughput; requests still in flight at t
 but are not counted (their failures are)."""
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -86,3 +87,19 @@ def run_point(target: str, client: Client, expected: list[str], concurrency: int
     if cpu_seconds and load.sent:
         point.server_cpu_ms = 1e3 * (cpu_now - cpu_at_start[0]) / load.sent
     return point
+
+
+def aggregate(rounds: list[dict]) -> dict:
+    """One point from its rounds: medians, the throughput's spread, errors summed."""
+    if len(rounds) == 1:
+        return rounds[0]
+    med = lambda key: None if rounds[0].get(key) is None else statistics.median(r[key] for r in rounds)  # noqa: E731
+    rps = [r["throughput_rps"] for r in rounds]
+    first_error = next((r["first_error"] for r in rounds if r.get("first_error")), "")
+    return {"target": rounds[0]["target"], "concurrency": rounds[0]["concurrency"], "repeats": len(rounds),
+            "seconds": round(sum(r["seconds"] for r in rounds), 3), "requests": sum(r["requests"] for r in rounds),
+            "errors": sum(r["errors"] for r in rounds), "wrong": sum(r["wrong"] for r in rounds),
+            "throughput_rps": round(statistics.median(rps), 1), "throughput_min": min(rps), "throughput_max": max(rps),
+            **{k: round(med(k), 3) for k in ("p50_ms", "p95_ms", "p99_ms")},
+            "server_cpu_ms": None if med("server_cpu_ms") is None else round(med("server_cpu_ms"), 3),
+            **({"first_error": first_error} if first_error else {})}
