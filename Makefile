@@ -24,7 +24,7 @@ setup:  ## install system packages (Java, Fashion-MNIST, chromium) and the virtu
 demo: setup  ## train → evaluate → archive → serve → predict → metrics → stop
 	$(PY) -m scripts.demo --data-dir $(DATA) --run-dir $(RUN_DIR) --model-name $(MODEL)
 
-test: setup images storage-initializer cluster-build kserve-build node-prometheus-build prometheus-operator-build  ## run the test suite (unit + real TorchServe + the chart's pods from their images + a real control plane with KServe)
+test: setup images storage-initializer cluster-build kserve-build node-prometheus-build prometheus-operator-build jaeger-build  ## run the test suite (unit + real TorchServe + the chart's pods from their images + a real control plane with KServe)
 	$(PY) -m scripts.client.grpc_stubs  # generated here, never by the tests (they write only to temporary folders)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -135,9 +135,18 @@ kind-e2e: setup  ## whole deploy on a throw-away kind cluster (needs Docker, kin
 	bash scripts/deploy/kind_e2e.sh
 
 # --- Monitoring: rules, alerts and dashboard from scripts/monitoring ----------------------
-.PHONY: monitor
+.PHONY: monitor traces jaeger-build tracing-cost
 monitor: setup $(CONFIG)  ## Prometheus + bounded load on the local TorchServe (make serve, else started here) → PNG of the panels
 	$(PY) -m scripts.monitoring.monitor --store $(STORE) --data-dir $(DATA) $(MONITOR_ARGS)
+
+traces: setup  ## Jaeger on 127.0.0.1 (OTLP :4317 gRPC, :4318 HTTP; UI :16686); then OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 make kserve
+	$(PY) -m scripts.monitoring.jaeger $(TRACES_ARGS)
+
+jaeger-build: setup  ## Jaeger v2 (the tracing backend of `make traces` and the tracing tests) from its Go module into ~/.cache (once: minutes)
+	$(PY) -m scripts.monitoring.jaeger --build-only
+
+tracing-cost: setup $(CKPT)  ## the KServe-native runtime with traces off, all sampled and 1 in 10, sending to Jaeger: req/s, p50/p99, CPU → docs/bench/tracing-cost.{md,json}
+	$(PY) -m scripts.harness.bench.tracing_cost --checkpoint $(CKPT) --data-dir $(DATA) --out docs/bench
 
 # --- Reliability: bad inputs, held load, overload, worker fault, rollout -----------------
 .PHONY: reliability
@@ -202,7 +211,7 @@ node-status: setup  ## kubelet and containerd PIDs and the Node's Ready conditio
 node-import: setup  ## podman images -> containerd (IMAGES="registry.example.com/image-classifier/torchserve:0.1.0 ...")
 	$(PY) -m scripts.cluster.node import $(IMAGES)
 
-node-test: setup images storage-initializer cluster-build kserve-build node-prometheus-build prometheus-operator-build  ## tier 3 tests: a Node, our images in containerd, the chart's InferenceServices Ready and predicting
+node-test: setup images storage-initializer cluster-build kserve-build node-prometheus-build prometheus-operator-build jaeger-build  ## tier 3 tests: a Node, our images in containerd, the chart's InferenceServices Ready and predicting
 	$(PY) -m pytest tests/cluster/test_cluster_node.py -m integration -v -s
 
 prometheus-operator-build: setup  ## prometheus-operator v0.93.0 + the promtool of the Prometheus it links, from their Go modules into ~/.cache (once: ~8 min)

@@ -49,6 +49,9 @@ class Observation:
     batch_size: int = 0
     predicted: Counter = field(default_factory=Counter)
     rejected: Counter = field(default_factory=Counter)
+    # Each stage's wall-clock span (epoch ns: first start, last end), kept only when a trace needs
+    # it (None: not kept, no clock read)
+    intervals: dict[str, tuple[int, int]] | None = None
 
 
 class Stopwatch:
@@ -57,11 +60,16 @@ class Stopwatch:
 
     def __enter__(self):
         self.start = time.perf_counter()
+        if self.obs is not None and self.obs.intervals is not None:
+            self.start_ns = time.time_ns()
         return self
 
     def __exit__(self, *exc):
         if self.obs is not None:
             self.obs.seconds[self.stage] = self.obs.seconds.get(self.stage, 0.0) + time.perf_counter() - self.start
+            if self.obs.intervals is not None:
+                first = self.obs.intervals.get(self.stage, (self.start_ns, 0))[0]
+                self.obs.intervals[self.stage] = (first, time.time_ns())
 
 
 # gRPC status codes of a server fault or overload (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED,

@@ -27,8 +27,10 @@ from scripts.runtime.dataplane import ClassifierDataPlane
 from scripts.runtime.model import RequestRefused
 from scripts.runtime.transport import (BearerAuth, BearerAuthInterceptor, BinaryTensorBodies, InterceptorForRefusals,
                                        ModelVersions, NotAllowed, RequestGate, RequestMetrics,
-                                       RequestMetricsInterceptor, invalid_body_response, model_config_unsupported,
-                                       refused_response, version_refusal)
+                                       RequestMetricsInterceptor, TraceInterceptor, TraceRequests,
+                                       invalid_body_response, model_config_unsupported, refused_response,
+                                       version_refusal)
+from scripts.runtime.tracing import Tracer
 
 # What this module copies or relies on in kserve 0.21.0, by the sha256 (first 16 hex digits) of the
 # installed source of each: a kserve whose copy differs fails tests/runtime/test_kserve_adapter.py
@@ -50,9 +52,9 @@ PRIVATE_NAMES = {
 
 class BoundRESTServer(RESTServer):
     def __init__(self, host: str, *args, limits: RequestLimits | None = None, tokens: TokenFile | None = None,
-                 **kwargs):
+                 tracer: Tracer | None = None, **kwargs):
         self.limits = limits or RequestLimits()  # create_application (in super().__init__) reads these
-        self.tokens = tokens
+        self.tokens, self.tracer = tokens, tracer
         super().__init__(*args, **kwargs)
         self.config.host = host  # kserve 0.21 hard-codes 0.0.0.0; uvicorn reads it at start-up
 
@@ -76,6 +78,8 @@ class BoundRESTServer(RESTServer):
         model_server.app.add_middleware(RequestGate, limits=self.limits)  # the last added runs first
         if self.tokens is not None:
             model_server.app.add_middleware(BearerAuth, tokens=self.tokens)
+        if self.tracer is not None:
+            model_server.app.add_middleware(TraceRequests, tracer=self.tracer, metrics_of=metrics_lookup(models))
         model_server.app.add_middleware(RequestMetrics, metrics_of=metrics_lookup(models))
         for path in ("/v2/models/{model_name}/config", "/v2/models/{model_name}/versions/{model_version}/config"):
             model_server.app.add_api_route(path, model_config_unsupported, methods=["GET"])
@@ -137,11 +141,11 @@ class VersionedServicer(InferenceServicer):
 
 class BoundGRPCServer(GRPCServer):
     def __init__(self, host: str, *args, limits: RequestLimits | None = None, tokens: TokenFile | None = None,
-                 **kwargs):
+                 tracer: Tracer | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.address = f"[{host}]:{self._port}" if ":" in host else f"{host}:{self._port}"
         self.limits = limits or RequestLimits()
-        self.tokens = tokens
+        self.tokens, self.tracer = tokens, tracer
 
     async def start(self, max_workers: int) -> None:
         """kserve 0.21's GRPCServer.start, listening on `self.address` instead of "[::]:port",
@@ -151,6 +155,7 @@ class BoundGRPCServer(GRPCServer):
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=(RequestMetricsInterceptor(metrics_lookup(self._data_plane.model_registry)),
+                          *([TraceInterceptor(self.tracer)] if self.tracer is not None else []),
                           *([BearerAuthInterceptor(self.tokens)] if self.tokens is not None else []),
                           LoggingInterceptor(), InterceptorForRefusals()),
             options=[("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
@@ -168,11 +173,13 @@ class BoundModelServer(ModelServer):
     """kserve.ModelServer whose listeners bind `host`: kserve 0.21 binds every interface and has no
     setting for it. A pod passes --host 0.0.0.0; tests and laptops stay on loopback."""
 
-    def __init__(self, host: str, limits: RequestLimits | None = None, tokens: TokenFile | None = None, **kwargs):
+    def __init__(self, host: str, limits: RequestLimits | None = None, tokens: TokenFile | None = None,
+                 tracer: Tracer | None = None, **kwargs):
         super().__init__(**kwargs)
         self.host = host
         self.limits = limits or RequestLimits()
         self.tokens = tokens  # None: no authentication
+        self.tracer = tracer  # None: no spans
         self.dataplane = ClassifierDataPlane(model_registry=self.registered_models)
         self.model_repository_extension = FixedModels(model_registry=self.registered_models)
 
@@ -183,10 +190,11 @@ class BoundModelServer(ModelServer):
             self.host, FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
             self.http_port, access_log_format=self.access_log_format, grace_period=self.grace_period,
             event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive, limits=self.limits,
-            tokens=self.tokens)
+            tokens=self.tokens, tracer=self.tracer)
         self._grpc_server = BoundGRPCServer(
             self.host, self.grpc_port, self.dataplane, self.model_repository_extension,
-            kwargs=vars(model_server.args), grace_period=self.grace_period, limits=self.limits, tokens=self.tokens)
+            kwargs=vars(model_server.args), grace_period=self.grace_period, limits=self.limits, tokens=self.tokens,
+            tracer=self.tracer)
         self.servers = [self._rest_server.start(), self._grpc_server.start(self.max_threads)]
         with asyncio.Runner(loop_factory=loop_factory(self.event_loop)) as runner:
             # kserve 0.21 configures asyncio.get_event_loop() and then asyncio.run()s on a new,

@@ -26,6 +26,7 @@ from handlers.spec import ModelSpec, ServingPolicy
 from scripts.runtime.batching import MicroBatcher, QueueFull
 from scripts.runtime.decode import parse_request
 from scripts.runtime.mar import read_manifest
+from scripts.runtime.tracing import RequestTrace, Tracer, record_batch, stage
 
 INPUT_NAME = "image"
 
@@ -46,6 +47,7 @@ class Job:
     request: ParsedRequest
     oip: InferRequest | None  # an OIP v2 request (REST or gRPC): which outputs, and in which form
     results: list[Result] = field(default_factory=list)
+    trace: RequestTrace | None = None  # its stage spans' parent, when the request is traced
 
     @property
     def grpc(self) -> bool:
@@ -91,7 +93,7 @@ class MarModel(Model):
     runs (`ImageClassifier.load`)."""
 
     def __init__(self, mar: Path, unpack_root: Path, device: str | None = None,
-                 inline_below_ms: float = 0.0, limits: RequestLimits | None = None):
+                 inline_below_ms: float = 0.0, limits: RequestLimits | None = None, tracer: Tracer | None = None):
         manifest = read_manifest(mar)["model"]
         super().__init__(manifest["modelName"], return_response_headers=True)
         self.mar = mar
@@ -102,6 +104,7 @@ class MarModel(Model):
         self.batcher: MicroBatcher | None = None
         self.inline_below_ms = inline_below_ms
         self.limits = limits or RequestLimits()
+        self.tracer = tracer  # None: no spans
 
     def load(self) -> bool:
         with zipfile.ZipFile(self.mar) as z:
@@ -164,25 +167,33 @@ class MarModel(Model):
 
     async def preprocess(self, payload, headers: dict[str, str] | None = None) -> Job:
         oip = payload if isinstance(payload, InferRequest) else None
-        job = Job(parse_request(payload, headers or {}, self.classifier.max_bytes,
-                                self.limits.max_images_per_request), oip)
+        trace = self.tracer.request() if self.tracer is not None else None
+        with stage(trace, "decode"):
+            job = Job(parse_request(payload, headers or {}, self.classifier.max_bytes,
+                                    self.limits.max_images_per_request), oip, trace=trace)
         if oip is not None and job.request.error is None:
             job.request.error = unknown_outputs(oip, [o["name"] for o in self.get_output_types()])
         return job
 
-    def _run_batch(self, items: list[tuple[bytes, int | None]]) -> list[Result]:
+    def _run_batch(self, items: list[tuple[bytes, int | None, RequestTrace | None]]) -> list[Result]:
         """One forward pass for the images of every request in a micro-batch (a worker thread:
-        the event loop keeps answering); metrics per batch, as TorchServe's handler records them."""
-        obs = Observation()
+        the event loop keeps answering); metrics per batch, as TorchServe's handler records them,
+        and the stage spans of the batch's traced requests."""
+        traces = list({id(t): t for _, _, t in items if t is not None}.values())
+        obs = Observation(intervals={} if traces else None)
         with Stopwatch(obs, "handle"):
-            results = self.classifier.predict([image for image, _ in items], [k for _, k in items], obs)
+            results = self.classifier.predict([image for image, _, _ in items], [k for _, k, _ in items], obs)
         self.metrics.record(obs)
+        record_batch(traces, obs, len(items))
         return results
 
     async def predict(self, job: Job, headers=None, response_headers=None) -> Job:
         if job.request.error is None:
             try:
-                job.results = await self.batcher.submit([(image, job.request.topk) for image in job.request.images])
+                if job.trace is not None:
+                    job.trace.queued()
+                job.results = await self.batcher.submit([(image, job.request.topk, job.trace)
+                                                         for image in job.request.images])
             except QueueFull as e:
                 job.request.error = Overloaded(f"model {self.name} is at capacity: {e}; retry after "
                                                f"{self.limits.retry_after_s} s")

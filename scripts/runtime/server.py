@@ -10,7 +10,8 @@ KServe's Prometheus `/metrics` on the HTTP port. kserve's own flags (e.g. `--ena
 come from its parser, a parent of ours. Request limits (body size, images per request, queue,
 requests at once, body timeout) come from the SERVE_* environment (handlers/settings.py
 RequestLimits), as the chart's `limits` sets them; SERVE_TOKEN_FILE turns on bearer-token
-authentication (handlers/auth.py; the chart's `auth`).
+authentication (handlers/auth.py; the chart's `auth`). The standard OTEL_* environment turns on
+OpenTelemetry traces (scripts/runtime/tracing.py; the chart's `tracing`), off by default.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from kserve import model_server
 
 from scripts.runtime.kserve_adapter import BoundModelServer
 from scripts.runtime.model import INLINE_BELOW_MS, MarModel
+from scripts.runtime.tracing import Tracer, TracingError
 from handlers.auth import TokenFile
 from handlers.settings import AuthSettings, RequestLimits, ServingSettings, SettingsError
 
@@ -57,14 +59,14 @@ def wait_for_model_store(model_store: Path, timeout: float = ASYNC_WAIT_SECONDS,
 
 
 def load_models(model_store: Path, unpack_root: Path, inline_below_ms: float = 0.0,
-                limits: RequestLimits | None = None) -> list[MarModel]:
+                limits: RequestLimits | None = None, tracer: Tracer | None = None) -> list[MarModel]:
     mars = sorted(Path(model_store).glob("*.mar"))
     if not mars:
         raise ArchiveLoadError(f"no .mar files in {model_store}")
     models: dict[str, MarModel] = {}
     for mar in mars:
         try:
-            model = MarModel(mar, unpack_root, inline_below_ms=inline_below_ms, limits=limits)
+            model = MarModel(mar, unpack_root, inline_below_ms=inline_below_ms, limits=limits, tracer=tracer)
             if model.name in models:
                 raise ValueError(f"model {model.name!r} is also in {models[model.name].mar.name}")
             model.load()
@@ -110,22 +112,27 @@ def main(argv: list[str] | None = None) -> int:
                      "the gRPC message limit is SERVE_MAX_REQUEST_BYTES)")
     try:
         limits, auth = RequestLimits.from_env(), AuthSettings.from_env()
-    except SettingsError as e:
+        tracer = Tracer.from_env()
+    except (SettingsError, TracingError) as e:
         print(f"kserve runtime: error: {e}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="kserve-runtime-") as unpack_root:
         try:
             if os.environ.get(MODEL_INIT_MODE_ENV) == "async":
                 wait_for_model_store(args.model_store)
-            models = load_models(args.model_store, Path(unpack_root), args.inline_below_ms, limits)
+            models = load_models(args.model_store, Path(unpack_root), args.inline_below_ms, limits, tracer)
         except ArchiveLoadError as e:
             print(f"kserve runtime: error: {e}", file=sys.stderr)
             return 2
         # kserve logs a latency line per request by default; /metrics already has those timings
         latency_log = args.enable_latency_logging if given(argv, "--enable_latency_logging") else False
         tokens = TokenFile(auth.token_file) if auth.token_file else None
-        BoundModelServer(args.host, limits=limits, tokens=tokens, http_port=args.http_port, grpc_port=args.grpc_port,
-                         enable_latency_logging=latency_log).start(models)
+        try:
+            BoundModelServer(args.host, limits=limits, tokens=tokens, tracer=tracer, http_port=args.http_port,
+                             grpc_port=args.grpc_port, enable_latency_logging=latency_log).start(models)
+        finally:
+            if tracer is not None:
+                tracer.shutdown()  # sends the spans still buffered
     return 0
 
 

@@ -23,6 +23,7 @@ from handlers.errors import InputError, MalformedRequest, Overloaded, RequestTim
 from handlers.settings import RequestLimits
 from scripts.runtime.decode import INFERENCE_HEADER_LENGTH, schema_problems
 from scripts.runtime.model import RequestRefused
+from scripts.runtime.tracing import Tracer
 
 
 async def refused_response(_: Request, exc: InvalidInput) -> JSONResponse:
@@ -311,6 +312,74 @@ class RequestMetrics:
         finally:
             if status is not None:  # no whole answer: the server failed it (or the client left)
                 metrics.request("rest", 500, time.perf_counter() - started)
+
+
+V1_ROUTE, V2_ROUTE = "/v1/models/{model}:predict", "/v2/models/{model}/infer"
+
+
+class TraceRequests:
+    """ASGI middleware, inside RequestMetrics: each inference request to a served model gets a
+    server span (a child of the caller's `traceparent`), current while kserve's route and the model
+    run, so the model's stage spans are its children; refusals at the edge are traced too. A 5xx
+    marks it failed."""
+
+    def __init__(self, app, tracer: Tracer, metrics_of: ModelMetrics):
+        self.app, self.tracer, self.metrics_of = app, tracer, metrics_of
+
+    async def __call__(self, scope, receive, send):
+        match = INFER_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
+        name = unquote(match["v1"] or match["v2"]) if match else None
+        if name is None or self.metrics_of(name) is None:
+            return await self.app(scope, receive, send)
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        route = V1_ROUTE if match["v1"] else V2_ROUTE
+        attributes = {"http.request.method": scope.get("method", ""), "http.route": route,
+                      "url.path": scope["path"], "model.name": name}
+        status = 500
+
+        async def traced_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with self.tracer.server_span(f"{scope.get('method', '')} {route}", carrier, attributes) as span:
+            try:
+                await self.app(scope, receive, traced_send)
+            finally:
+                self.tracer.mark(span, status >= 500, {"http.response.status_code": status})
+
+
+class TraceInterceptor(aio.ServerInterceptor):
+    """gRPC, inside RequestMetricsInterceptor: each ModelInfer call gets a server span, a child of
+    the `traceparent` in its metadata; a server-side gRPC code (grpc_http_status 5xx) marks it failed."""
+
+    def __init__(self, tracer: Tracer):
+        self.tracer = tracer
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if details.method != INFER_METHOD or handler is None or handler.unary_unary is None:
+            return handler
+        inner, carrier = handler.unary_unary, dict(details.invocation_metadata or ())
+        service, method = INFER_METHOD.strip("/").split("/")
+
+        async def traced(request, context):
+            attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
+                          "model.name": request.model_name}
+            with self.tracer.server_span(INFER_METHOD.strip("/"), carrier, attributes) as span:
+                failed = True
+                try:
+                    response = await inner(request, context)
+                    failed = False
+                    return response
+                finally:
+                    code = context.code()
+                    value = code.value[0] if code is not None else StatusCode.UNKNOWN.value[0] if failed else 0
+                    self.tracer.mark(span, grpc_http_status(value) >= 500, {"rpc.grpc.status_code": value})
+
+        return unary_unary_rpc_method_handler(traced, request_deserializer=handler.request_deserializer,
+                                              response_serializer=handler.response_serializer)
 
 
 class RequestMetricsInterceptor(aio.ServerInterceptor):

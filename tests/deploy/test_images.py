@@ -115,9 +115,11 @@ def test_kserve_native_image_holds_only_the_runtime():
     run = next(a for i, a in steps if i == "RUN" and "grep" in a)
     pattern = re.search(r"grep -E '([^']+)'", run).group(1)
     pins = [l for l in (REPO / "requirements.txt").read_text().splitlines() if re.search(pattern, l)]
-    assert len(pins) == 8 and f"-eq {len(pins)}" in run, pins
+    assert len(pins) == 12 and f"-eq {len(pins)}" in run, pins
     assert {p.split("==")[0] for p in pins} == {"pillow", "numpy", "prometheus-client", "grpcio", "kserve",
-                                                "protobuf", "uvloop", "onnxruntime"}
+                                                "protobuf", "uvloop", "onnxruntime", "opentelemetry-api",
+                                                "opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http",
+                                                "opentelemetry-exporter-otlp-proto-grpc"}  # traces, when on
     copied = [a.split()[:-1] for i, a in steps if i == "COPY" and "/opt/build" not in a]
     assert copied == [["handlers/"], ["scripts/__init__.py"],
                       ["scripts/runtime/"]], copied

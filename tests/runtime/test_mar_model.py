@@ -43,7 +43,7 @@ def run_on_batcher(model: MarModel, image: bytes) -> tuple[dict, list[int]]:
         ran_on.append(threading.get_ident())
         return run(items)
     model.batcher.run = traced
-    [result] = asyncio.run(model.batcher.submit([(image, None)]))
+    [result] = asyncio.run(model.batcher.submit([(image, None, None)]))
     return result, ran_on
 
 

@@ -176,6 +176,28 @@ seccompProfile:
 {{- end }}
 {{- end }}
 
+{{/* The standard OpenTelemetry variables of the kserve-native runtime's traces (tracing.enabled). */}}
+{{- define "ic.tracingEnv" -}}
+{{- $t := .Values.tracing -}}
+{{- if $t.enabled -}}
+{{- if not $t.endpoint -}}
+{{- fail "tracing.enabled needs tracing.endpoint: the OTLP endpoint of a collector or tracing backend (e.g. http://otel-collector.monitoring:4318)" -}}
+{{- end -}}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $t.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $t.protocol | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: parentbased_traceidratio
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $t.sampleRatio | toString | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ include "ic.name" . | quote }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "k8s.namespace.name=%s" (include "ic.namespace" .) | quote }}
+{{- end -}}
+{{- end }}
+
 {{/* Where the runtime reads the accepted bearer tokens (auth.enabled). */}}
 {{- define "ic.tokenDir" -}}/var/run/secrets/image-classifier{{- end -}}
 
