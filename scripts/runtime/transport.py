@@ -350,6 +350,20 @@ class TraceRequests:
                 self.tracer.mark(span, status >= 500, {"http.response.status_code": status})
 
 
+def around_infer(handler, details, wrap):
+    """ModelInfer's unary handler with `wrap(inner)` in place of `inner`; any other method's as it is."""
+    if details.method != INFER_METHOD or handler is None or handler.unary_unary is None:
+        return handler
+    return unary_unary_rpc_method_handler(wrap(handler.unary_unary), request_deserializer=handler.request_deserializer,
+                                          response_serializer=handler.response_serializer)
+
+
+def call_status(context, failed: bool) -> int:
+    """A finished call's gRPC status code: the one set, else OK, or UNKNOWN if the call raised."""
+    code = context.code()
+    return code.value[0] if code is not None else StatusCode.UNKNOWN.value[0] if failed else 0
+
+
 class TraceInterceptor(aio.ServerInterceptor):
     """gRPC, inside RequestMetricsInterceptor: each ModelInfer call gets a server span, a child of
     the `traceparent` in its metadata; a server-side gRPC code (grpc_http_status 5xx) marks it failed."""
@@ -358,28 +372,25 @@ class TraceInterceptor(aio.ServerInterceptor):
         self.tracer = tracer
 
     async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if details.method != INFER_METHOD or handler is None or handler.unary_unary is None:
-            return handler
-        inner, carrier = handler.unary_unary, dict(details.invocation_metadata or ())
+        carrier = dict(details.invocation_metadata or ())
         service, method = INFER_METHOD.strip("/").split("/")
 
-        async def traced(request, context):
-            attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
-                          "model.name": request.model_name}
-            with self.tracer.server_span(INFER_METHOD.strip("/"), carrier, attributes) as span:
-                failed = True
-                try:
-                    response = await inner(request, context)
-                    failed = False
-                    return response
-                finally:
-                    code = context.code()
-                    value = code.value[0] if code is not None else StatusCode.UNKNOWN.value[0] if failed else 0
-                    self.tracer.mark(span, grpc_http_status(value) >= 500, {"rpc.grpc.status_code": value})
+        def wrap(inner):
+            async def traced(request, context):
+                attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
+                              "model.name": request.model_name}
+                with self.tracer.server_span(INFER_METHOD.strip("/"), carrier, attributes) as span:
+                    failed = True
+                    try:
+                        response = await inner(request, context)
+                        failed = False
+                        return response
+                    finally:
+                        value = call_status(context, failed)
+                        self.tracer.mark(span, grpc_http_status(value) >= 500, {"rpc.grpc.status_code": value})
+            return traced
 
-        return unary_unary_rpc_method_handler(traced, request_deserializer=handler.request_deserializer,
-                                              response_serializer=handler.response_serializer)
+        return around_infer(await continuation(details), details, wrap)
 
 
 class RequestMetricsInterceptor(aio.ServerInterceptor):
@@ -390,23 +401,18 @@ class RequestMetricsInterceptor(aio.ServerInterceptor):
         self.metrics_of = metrics_of
 
     async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if details.method != INFER_METHOD or handler is None or handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
+        def wrap(inner):
+            async def timed(request, context):
+                started, failed = time.perf_counter(), True
+                try:
+                    response = await inner(request, context)
+                    failed = False
+                    return response
+                finally:
+                    metrics = self.metrics_of(request.model_name)
+                    if metrics is not None:
+                        status = grpc_http_status(call_status(context, failed))
+                        metrics.request("grpc", status, time.perf_counter() - started)
+            return timed
 
-        async def timed(request, context):
-            started, failed = time.perf_counter(), True
-            try:
-                response = await inner(request, context)
-                failed = False
-                return response
-            finally:
-                metrics = self.metrics_of(request.model_name)
-                if metrics is not None:
-                    code = context.code()  # None: not set, OK unless the call raised
-                    value = code.value[0] if code is not None else StatusCode.UNKNOWN.value[0] if failed else 0
-                    metrics.request("grpc", grpc_http_status(value), time.perf_counter() - started)
-
-        return unary_unary_rpc_method_handler(timed, request_deserializer=handler.request_deserializer,
-                                              response_serializer=handler.response_serializer)
+        return around_infer(await continuation(details), details, wrap)
