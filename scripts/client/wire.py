@@ -1,12 +1,14 @@
 """Wire-protocol clients: every way a caller can ask a served model for the top-k of an image.
 They know only the protocols (REST native, KServe v1, OIP v2 REST, TorchServe gRPC, OIP gRPC),
 never the server's code. KServe's SDK clients are used where they fit. A `token` is sent as
-`Authorization: Bearer <token>` (REST header, gRPC metadata) to a server with authentication on."""
+`Authorization: Bearer <token>` (REST header, gRPC metadata) to a server with authentication on,
+a `traceparent` (W3C trace context) the same way, so the server's spans join the caller's trace."""
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import secrets
 
 import grpc
 import httpx
@@ -36,14 +38,25 @@ def _error_message(status: int, text: str) -> str:
     return f"HTTP {status}: {message}"
 
 
-def grpc_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    return tuple((k.lower(), v) for k, v in bearer(token).items())
+def new_traceparent() -> tuple[str, str]:
+    """A new sampled W3C trace context: (its trace id, the `traceparent` value)."""
+    trace_id = secrets.token_hex(16)
+    return trace_id, f"00-{trace_id}-{secrets.token_hex(8)}-01"
+
+
+def call_headers(token: str | None, traceparent: str | None = None) -> dict[str, str]:
+    return {**bearer(token), **({"traceparent": traceparent} if traceparent else {})}
+
+
+def grpc_metadata(token: str | None, traceparent: str | None = None) -> tuple[tuple[str, str], ...]:
+    return tuple((k.lower(), v) for k, v in call_headers(token, traceparent).items())
 
 
 def rest_native(url: str, model: str, image: bytes, topk: int | None = None, timeout: float = 30,
-                token: str | None = None) -> dict:
+                token: str | None = None, traceparent: str | None = None) -> dict:
     """POST raw bytes to TorchServe's /predictions/<model>; k via the X-TopK header."""
-    headers = {"Content-Type": "application/octet-stream", **({"X-TopK": str(topk)} if topk else {}), **bearer(token)}
+    headers = {"Content-Type": "application/octet-stream", **({"X-TopK": str(topk)} if topk else {}),
+               **call_headers(token, traceparent)}
     try:
         r = requests.post(f"{url.rstrip('/')}/predictions/{model}", data=image, headers=headers, timeout=timeout)
     except requests.RequestException as e:
@@ -53,10 +66,11 @@ def rest_native(url: str, model: str, image: bytes, topk: int | None = None, tim
     return r.json()
 
 
-async def _rest_infer(url: str, model: str, data, protocol: str, token: str | None = None):
+async def _rest_infer(url: str, model: str, data, protocol: str, token: str | None = None,
+                      traceparent: str | None = None):
     client = InferenceRESTClient(RESTConfig(protocol=protocol, timeout=60))
     try:
-        return await client.infer(url, data, model_name=model, headers=bearer(token) or None)
+        return await client.infer(url, data, model_name=model, headers=call_headers(token, traceparent) or None)
     except httpx.HTTPStatusError as e:
         raise PredictError(_error_message(e.response.status_code, e.response.text)) from None
     except httpx.HTTPError as e:
@@ -65,10 +79,11 @@ async def _rest_infer(url: str, model: str, data, protocol: str, token: str | No
         await client.close()
 
 
-def rest_v1(url: str, model: str, images: list[bytes], topk: int | None = None, token: str | None = None) -> list[dict]:
+def rest_v1(url: str, model: str, images: list[bytes], topk: int | None = None, token: str | None = None,
+            traceparent: str | None = None) -> list[dict]:
     """KServe v1 `:predict` with base64 instances (kserve.InferenceRESTClient)."""
     body = {"instances": [{"b64": _b64(i)} for i in images], **({"parameters": {"topk": topk}} if topk else {})}
-    return asyncio.run(_rest_infer(url, model, body, "v1", token))["predictions"]
+    return asyncio.run(_rest_infer(url, model, body, "v1", token, traceparent))["predictions"]
 
 
 def oip_request(model: str, images: list[bytes], encode_b64: bool, topk: int | None) -> InferRequest:
@@ -88,20 +103,22 @@ def topk_from_outputs(outputs) -> list[dict]:
     return [dict(zip(ls[i * k:(i + 1) * k], ps[i * k:(i + 1) * k])) for i in range(n)]
 
 
-def rest_v2(url: str, model: str, images: list[bytes], topk: int | None = None, token: str | None = None) -> list[dict]:
+def rest_v2(url: str, model: str, images: list[bytes], topk: int | None = None, token: str | None = None,
+            traceparent: str | None = None) -> list[dict]:
     """OIP v2 REST `/v2/models/<m>/infer` with base64 BYTES (kserve.InferenceRESTClient)."""
-    response = asyncio.run(_rest_infer(url, model, oip_request(model, images, True, topk), "v2", token))
+    response = asyncio.run(_rest_infer(url, model, oip_request(model, images, True, topk), "v2", token, traceparent))
     return topk_from_outputs(response.outputs)
 
 
-def grpc_native(target: str, model: str, image: bytes, timeout: float = 30, token: str | None = None) -> dict:
+def grpc_native(target: str, model: str, image: bytes, timeout: float = 30, token: str | None = None,
+                traceparent: str | None = None) -> dict:
     """TorchServe's own gRPC API (InferenceAPIsService/Predictions), stubs from its jar."""
     stubs = grpc_stubs.load()
     with grpc.insecure_channel(target) as channel:
         stub = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel)
         try:
             reply = stub.Predictions(stubs.inference_pb2.PredictionsRequest(model_name=model, input={"data": image}),
-                                     timeout=timeout, metadata=grpc_metadata(token))
+                                     timeout=timeout, metadata=grpc_metadata(token, traceparent))
         except grpc.RpcError as e:
             raise PredictError(f"gRPC {e.code().name}: {e.details()}") from None
     body = json.loads(reply.prediction)
@@ -134,13 +151,14 @@ def grpc_oip_torchserve(target: str, model: str, image: bytes, timeout: float = 
 
 
 def grpc_oip(target: str, model: str, images: list[bytes], topk: int | None = None,
-             token: str | None = None) -> list[dict]:
+             token: str | None = None, traceparent: str | None = None) -> list[dict]:
     """Open Inference Protocol gRPC (`inference.GRPCInferenceService`, raw BYTES), with
     kserve.InferenceGRPCClient: the KServe-native runtime speaks it."""
     async def call():
         client = InferenceGRPCClient(target, timeout=60)
         try:
-            return await client.infer(oip_request(model, images, False, topk), headers=grpc_metadata(token) or None)
+            return await client.infer(oip_request(model, images, False, topk),
+                                      headers=grpc_metadata(token, traceparent) or None)
         except grpc.RpcError as e:
             raise PredictError(f"gRPC {e.code().name}: {e.details()}") from None
         finally:

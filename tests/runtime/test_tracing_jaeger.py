@@ -13,6 +13,7 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
 from PIL import Image
 
+from scripts.client import predict
 from scripts.monitoring.jaeger import Jaeger
 from scripts.serve.kserve_native import KServeRuntime
 from scripts.serve.process import free_ports
@@ -139,3 +140,19 @@ def test_without_a_traceparent_a_request_starts_its_own_trace(traced, jaeger):
         time.sleep(0.2)
     assert roots and all(s["name"].startswith(("POST ", "inference.")) for s in roots), json.dumps(roots)[:500]
 
+
+
+@pytest.mark.parametrize("protocol", ["v1", "v2", "oip"])
+def test_the_client_cli_starts_the_trace_the_runtime_joins(traced, jaeger, protocol, tmp_path, capsys):
+    rt, service = traced
+    image = tmp_path / "image.png"
+    image.write_bytes(IMAGE)
+    assert predict.main([str(image), "--model", MODEL_NAME, "--protocol", protocol, "--url", rt.url,
+                         "--grpc-target", rt.grpc_target, "--trace"]) == 0
+    out = capsys.readouterr()
+    trace_id = out.err.split("trace id: ")[1].split()[0]
+    spans = wait_for(jaeger, trace_id, 1 + len(STAGES))
+    [server] = [s for s in spans if s["name"].startswith(("POST ", "inference."))]
+    assert server["parent_id"] is not None  # the client's own span id, from its traceparent
+    check_request_trace(spans, trace_id, server["parent_id"], service)
+    assert str(image) in out.out
