@@ -17,7 +17,10 @@ Install (`KServe.install`), all from the same module source:
   `url: https://127.0.0.1:<port>/<path>` with the caBundle of a locally made CA whose serving
   certificate (IP SAN 127.0.0.1) the manager serves (no kube-proxy, no cert-manager here);
 - the ClusterStorageContainer `default` of config/storagecontainers (what KServe's own install
-  applies), so its storage-initializer injection finds the supported URI formats.
+  applies), so its storage-initializer injection finds the supported URI formats;
+- KEDA's ScaledObject CRD, from the KEDA module KServe's go.mod requires (KEDA_MODULE): KServe's
+  manager looks for it when it starts and only then turns an InferenceService with
+  `autoscalerClass: keda` into a ScaledObject. No KEDA operator runs here (nothing scales).
 
 Run: `KServe.start` runs the manager with POD_NAMESPACE=kserve, the admin kubeconfig, free
 loopback ports for metrics, health probes and webhooks, and TMPDIR pointing at a folder whose
@@ -62,6 +65,8 @@ BINARY = "kserve-manager"
 # builds a new binary beside the old one.
 PACKAGE = "./cmd/manager"
 GO_BUILD_FLAGS = ("-trimpath", "-ldflags", "-s -w")
+KEDA_MODULE = "github.com/kedacore/keda/v2"
+KEDA_CRD = "config/crd/bases/keda.sh_scaledobjects.yaml"
 # KServe's CRDs the manager watches or its webhooks and controllers read (config/crd/full).
 CRD_FILES = (
     "serving.kserve.io_inferenceservices.yaml",
@@ -230,12 +235,16 @@ def webhooks(src: Path, port: int, ca_bundle: bytes) -> list[dict]:
 
 
 def crds(src: Path) -> list[Path]:
+    """KServe's CRDs, then KEDA's ScaledObject CRD at the version KServe's go.mod requires."""
     folder = src / "config/crd/full"
     found = {p.name: p for p in folder.rglob("*.yaml")}
     missing = [name for name in CRD_FILES if name not in found]
     if missing:
         raise KServeError(f"{folder} lacks {missing}")
-    return [found[name] for name in CRD_FILES]
+    keda = build.module_source(KEDA_MODULE, build.pinned_version(KEDA_MODULE, src / "go.mod")) / KEDA_CRD
+    if not keda.is_file():
+        raise KServeError(f"{keda} is missing")
+    return [found[name] for name in CRD_FILES] + [keda]
 
 
 # --- the running manager -------------------------------------------------------------------------

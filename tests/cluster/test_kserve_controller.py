@@ -387,6 +387,41 @@ def test_helm_upgrade_to_another_deployment_mode_is_refused_with_a_message(plane
         in proc.stderr, proc.stderr
 
 
+@pytest.mark.integration
+def test_keda_values_become_a_scaled_object_with_the_charts_prometheus_trigger(plane, kserve):
+    """autoscalerClass keda: KServe's controller (KEDA's ScaledObject CRD installed before it
+    started, scripts/cluster/kserve.py) makes a ScaledObject per predictor whose Prometheus trigger
+    is the chart's query and target, and no HPA of its own. No KEDA operator runs here, so nothing
+    scales: the ScaledObject is KServe's part, what KEDA would act on."""
+    values, ns = "keda-values.yaml", namespace("keda-values.yaml")
+    args = ["--set", f"namespace.name={ns}", "-f", str(CHART / "ci" / values)]
+    if "\nkind: Namespace\n" not in helm(plane, "template", "x", str(CHART), *args).stdout:
+        kubectl(plane, "create", "namespace", ns)
+    helm(plane, "install", f"ic-{stem(values)}", str(CHART), "--namespace", "default", *args)
+    try:
+        for name in (i["metadata"]["name"] for i in of_kind(render(values), "InferenceService")):
+            predictor = get(plane, "inferenceservice", name, ns)["spec"]["predictor"]  # as KServe reads it
+            [metric] = predictor["autoScaling"]["metrics"]
+            scaled = wait_for(f"ScaledObject {ns}/{name}-predictor",
+                              lambda: get(plane, "scaledobject", f"{name}-predictor", ns, check=False))
+            owner = scaled["metadata"]["ownerReferences"][0]
+            assert (owner["kind"], owner["name"]) == ("InferenceService", name)
+            spec = scaled["spec"]
+            assert spec["scaleTargetRef"]["name"] == f"{name}-predictor"
+            assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (predictor["minReplicas"],
+                                                                          predictor["maxReplicas"])
+            [trigger] = spec["triggers"]
+            external = metric["external"]
+            assert trigger["type"] == "prometheus"
+            assert {k: trigger["metadata"][k] for k in ("serverAddress", "query", "threshold")} == {
+                "serverAddress": external["metric"]["serverAddress"], "query": external["metric"]["query"],
+                "threshold": external["target"]["value"]}
+            assert f'namespace="{ns}"' in trigger["metadata"]["query"]
+            assert get(plane, "hpa", f"{name}-predictor", ns, check=False) is None
+    finally:
+        helm(plane, "uninstall", f"ic-{stem(values)}", "--namespace", "default", check=False)
+
+
 # --- the real pod spec, run -----------------------------------------------------------------------
 
 RUN_CASES = [(None, "fashion-mnist"), ("grpc-v2-values.yaml", "fashion-mnist")]  # TorchServe, KServe-native

@@ -2,8 +2,8 @@
 Prometheus query of the series the chart's own recording rules write (scripts/monitoring/rules.py
 scaling_query: the promtool case in rules_tests.py shows its value for given series), valid
 against the real KServe CRD (test_k8s.py validates every ci/ values file, keda-values.yaml too),
-and refused where it cannot work. No KEDA controller runs here: the ScaledObject KServe would
-create from this is KServe's part."""
+and refused where it cannot work. KServe's real controller turning it into a ScaledObject is
+tests/cluster/test_kserve_controller.py's (no KEDA operator runs here)."""
 from __future__ import annotations
 
 import pytest
