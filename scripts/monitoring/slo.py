@@ -29,6 +29,9 @@ SLOS = ("availability", "latency")
 # Parameter series (one per namespace and model; the chart writes them from its values).
 OBJECTIVE = {slo: f"image_classifier:slo_{slo}:objective" for slo in SLOS}  # target share of good requests
 LATENCY_THRESHOLD = "image_classifier:slo_latency:threshold_seconds"  # its `le` label is the bucket edge
+# The names the chart writes its parameter group with (generated into files/slo-parameters.yaml)
+PARAMETER_NAMES = {"group": PARAMETER_GROUP, "availability": OBJECTIVE["availability"],
+                   "latency": OBJECTIVE["latency"], "threshold": LATENCY_THRESHOLD}
 # Share of bad requests (5xx; slower than the threshold) per model, over each window.
 BAD_RATIO = {slo: {w: f"model:image_classifier_slo_{slo}_bad:ratio_rate{w}" for w in WINDOWS} for slo in SLOS}
 ALERTS = {("availability", "page"): "ImageClassifierAvailabilityBudgetBurn",
