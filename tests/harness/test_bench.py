@@ -117,7 +117,8 @@ def test_a_short_run_through_every_path(trained, data_dir, tmp_path):
     out = tmp_path / "bench"
     code = bench.main(["--checkpoint", str(trained), "--data-dir", str(data_dir), "--images", "8",
                        "--concurrency", "1", "4", "--duration", "1.5", "--warmup", "0.3",
-                       "--torchserve-batch", "8:5", "--inprocess-batches", "1", "4", "--out", str(out)])
+                       # the archive's own TorchServe setting (the light policy's): skipped, not run twice
+                       "--torchserve-batch", "8:0:2", "--inprocess-batches", "1", "4", "--out", str(out)])
     assert code == 0
     results = json.loads((out / "bench.json").read_text())
     got = {(p["target"], p["concurrency"]) for p in results["points"]}
@@ -136,6 +137,9 @@ def test_a_short_run_through_every_path(trained, data_dir, tmp_path):
     assert all(v["value"] is not None for v in checks if "concurrency 8" not in v["check"])
     md = (out / "bench.md").read_text()
     assert "| kserve-grpc | 4 |" in md and results["machine"]["cpu"] in md
+    # each archive's own policy: the ONNX one is chosen for its format (scripts/serve/policy.py)
+    assert results["onnx_serving_policy"] and "- the eager archive's serving policy" in md
+    assert "- the ONNX archive's serving policy (the `-onnx` targets)" in md
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         onnx = any(t.endswith(ONNX) for t in args.targets)
         if onnx:  # beside the eager archive in the same store: every server serves both
             onnx_mar, _ = on_torch(archive.archive, checkpoint, store, name + ONNX, fmt="onnx")
+            onnx_serving = read_spec(onnx_mar).serving
             onnx_classifier = on_onnx(targets.load_inprocess, onnx_mar, work / "unpacked-onnx")
         limit_result = on_torch(limit.sweep, checkpoint, images, seconds=args.duration / 2) if args.limit else None
         results_batches = (on_torch(inprocess_batches, classifier, images, args.inprocess_batches, args.duration / 2)
@@ -246,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench_model": args.bench_model, "model": f"{name}: {model.what}", "images": len(images),
         "duration_s": args.duration, "warmup_s": args.warmup, "repeats": args.repeats,
         "wall_s": round(time.time() - started, 1), "serving_policy": serving.to_dict(),
+        **({"onnx_serving_policy": onnx_serving.to_dict()} if onnx else {}),
         "servers": "; ".join(servers), "points": points,
         "inprocess_batches": results_batches, "limit": limit_result, "notes": notes,
     }

@@ -113,6 +113,10 @@ def verdicts(points: list[dict], bench_model: str = "fashion-mnist") -> list[dic
     return out
 
 
+def policy_text(policy: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in policy.items() if v is not None)
+
+
 def fmt(x, digits=1) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
@@ -134,8 +138,11 @@ def markdown(results: dict) -> str:
              + "; client and servers share the same cores (loopback)",
              *([f"- environment: {' '.join(f'{k}={v}' for k, v in results['environment'].items())}"]
                if results.get("environment") else []),
-             *(["- the archive's serving policy (scripts/serve/policy.py): "
-                + ", ".join(f"{k} {v}" for k, v in results["serving_policy"].items())] if results.get("serving_policy") else []),
+             *([f"- the {'eager ' if results.get('onnx_serving_policy') else ''}archive's serving policy "
+                "(scripts/serve/policy.py): " + policy_text(results["serving_policy"])]
+               if results.get("serving_policy") else []),
+             *(["- the ONNX archive's serving policy (the `-onnx` targets): " + policy_text(results["onnx_serving_policy"])]
+               if results.get("onnx_serving_policy") else []),
              f"- servers: {results['servers']}", ""]
     lines += ["## Targets (CPU)", "", "| check | measured | verdict |", "| --- | --- | --- |"]
     lines += [f"| {v['check']} | {fmt(v['value'], 2)} | {v.get('verdict', 'MET' if v['met'] else 'MISS')} |"
