@@ -148,9 +148,9 @@ jaeger-build: setup  ## Jaeger v2 (the tracing backend of `make traces` and the 
 tracing-cost: setup $(CKPT)  ## the KServe-native runtime with traces off, all sampled and 1 in 10, sending to Jaeger: req/s, p50/p99, CPU → docs/bench/tracing-cost.{md,json}
 	$(PY) -m scripts.harness.bench.tracing_cost --checkpoint $(CKPT) --data-dir $(DATA) --out docs/bench
 
-# --- Reliability: bad inputs, held load, overload, worker fault, rollout -----------------
+# --- Reliability: bad inputs, held load, overload, process fault, rollout, on both runtimes --
 .PHONY: reliability
-reliability: setup $(CKPT)  ## full reliability suite on a real TorchServe (~4 min) → build/reliability/results.{md,json}
+reliability: setup $(CKPT)  ## full reliability suite on TorchServe and the KServe-native runtime (~8 min) → build/reliability/results.{md,json}
 	$(PY) -m scripts.harness.reliability --checkpoint $(CKPT) --data-dir $(DATA) --out build/reliability $(RELIABILITY_ARGS)
 
 # --- Benchmarks: every serving path, same model and images, one run --------------------

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from scripts.harness import reliability
+from scripts.harness.reliability.servers import RUNTIMES
 from scripts.harness.reliability.settings import ReliabilitySettings
 from scripts.harness.reliability.suite import run_suite
 from scripts.serve.settings import DEFAULT_CHECKPOINT
@@ -19,6 +20,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("build/reliability"), help="results, store and logs")
     p.add_argument("--quick", action="store_true", help="the fast subset (no rollout, short load)")
     p.add_argument("--load-seconds", type=float, help="held-load duration (default 60; quick 5)")
+    p.add_argument("--runtime", action="append", choices=RUNTIMES,
+                   help="run the scenarios on this runtime only (repeatable; default: both, TorchServe first)")
     p.add_argument("--record", type=Path, help="also write the Markdown results here (e.g. docs/reliability.md)")
     p.add_argument("--note", default="", help="text put under the header of the Markdown results")
     p.add_argument("--no-progress", action="store_true")
@@ -30,6 +33,8 @@ def main(argv=None) -> int:
     rs = ReliabilitySettings.quick() if args.quick else ReliabilitySettings()
     if args.load_seconds:
         rs = ReliabilitySettings(**{**asdict(rs), "load_seconds": args.load_seconds})
+    if args.runtime:
+        rs = ReliabilitySettings(**{**asdict(rs), "runtimes": tuple(dict.fromkeys(args.runtime))})
     if not args.checkpoint.exists():
         print(f"reliability: error: no checkpoint {args.checkpoint} (make train)", file=sys.stderr)
         return 2

@@ -56,8 +56,11 @@ def corrupt_dds() -> bytes:
     return bytes(dds)
 
 
-def bad_input_cases(good: bytes, photo_jpeg: bytes, max_image_bytes: int, max_request_bytes: int) -> list[Case]:
-    """Bad requests (4xx expected) and valid-but-odd images (200 expected), from real images."""
+def bad_input_cases(good: bytes, photo_jpeg: bytes, max_image_bytes: int, max_request_bytes: int,
+                    runtime: str = "torchserve") -> list[Case]:
+    """Bad requests (4xx expected) and valid-but-odd images (200 expected), from real images, in
+    the routes of `runtime`: TorchServe's raw /predictions beside v1 and v2, or the KServe-native
+    runtime's v1 and v2 (the same image cases travel as base64 instances there)."""
     img = Image.open(io.BytesIO(good)).convert("L")
     gif = io.BytesIO()
     img.save(gif, "GIF", save_all=True, append_images=[Image.new("L", img.size, 255)], duration=100)
@@ -122,4 +125,35 @@ def bad_input_cases(good: bytes, photo_jpeg: bytes, max_image_bytes: int, max_re
         Case("unknown version", "/predictions/{m}/9.9", {"data": good}, 404, "", "does not exist"),
         Case("v1 unknown model", "/v1/models/no-such-model:predict", {"json": {"instances": [b64(good)]}}, 404, "", "Model not found"),
     ]
-    return bad + [Case(name, raw, {"data": body}, 200, valid=body) for name, body in odd.items()]
+    if runtime == "torchserve":
+        return bad + [Case(name, raw, {"data": body}, 200, valid=body) for name, body in odd.items()]
+    worded = {"empty body": "empty request body"}  # the runtime names the instance and its problem
+    images = [c for c in bad if c.path == raw and "data" in c.kwargs and not c.kwargs.get("headers")
+              and c.name != "body over the request-size limit"]
+    return [as_v1(c, worded.get(c.name, c.says)) for c in images] + [
+        Case("body over the request-size limit", v1, {"data": b"\0" * (max_request_bytes + 1024)}, 413,
+             "request_too_large", "-byte limit"),
+        Case("malformed JSON", v1, {"data": b'{"instances": ', "headers": json_ct}, 400, "malformed_request",
+             "unexpected end of data"),
+        Case("JSON nested 100000 deep", v1, {"data": b"[" * 100_000, "headers": json_ct}, 400, "malformed_request",
+             "depth limit exceeded"),
+        Case("v1 JSON array body", v1, {"json": [1, 2, 3]}, 400, "unsupported_payload", "unsupported request body"),
+        Case("v1 b64 is a number", v1, {"json": {"instances": [{"b64": 12345}]}}, 400, "unsupported_payload", "base64 string"),
+        Case("topk not an integer", v1, {"json": {"instances": [b64(good)], "parameters": {"topk": "many"}}}, 400,
+             "invalid_option", "topk"),
+        Case("topk out of range", v1, {"json": {"instances": [b64(good)], "parameters": {"topk": 0}}}, 400,
+             "invalid_option", "topk"),
+        *[c for c in bad if c.path in (v1, v2) and c.status != 404],
+        Case("unknown model", "/v1/models/no-such-model:predict", {"json": {"instances": [b64(good)]}}, 404,
+             "", "no-such-model does not exist"),
+        Case("v2 unknown model", "/v2/models/no-such-model/infer", {"json": v2body()}, 404, "",
+             "no-such-model does not exist"),
+        Case("unknown version", "/v2/models/{m}/versions/9.9/infer", {"json": v2body()}, 404, "model_not_found", "9.9"),
+    ] + [as_v1(Case(name, raw, {"data": body}, 200, valid=body)) for name, body in odd.items()]
+
+
+def as_v1(case: Case, says: str | None = None) -> Case:
+    """A raw-body image case as the v1 request carrying that image as its one base64 instance."""
+    body = case.kwargs["data"]
+    return Case(case.name, "/v1/models/{m}:predict", {"json": {"instances": [{"b64": b64(body)}]}}, case.status,
+                case.reason, case.says if says is None else says, case.valid)

@@ -1,10 +1,8 @@
-"""The scenarios, each a function returning a typed result that judges itself against the
-targets: bad inputs, held load, overload, worker fault, rollout. Every concurrent phase goes
-through scripts/harness/load.py."""
+"""The scenarios, each a function of a server under test (servers.py: either runtime) returning a
+typed result that judges itself against the targets: bad inputs, held load, overload, process
+fault, rollout. Every concurrent phase goes through scripts/harness/load.py."""
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -14,11 +12,10 @@ from tqdm import tqdm
 
 from scripts.harness.load import Load, Outcome, latency_ms
 from scripts.harness.reliability.inputs import Case
+from scripts.harness.reliability.servers import ServerUnderTest
 from scripts.harness.reliability.settings import ReliabilitySettings
 from scripts.harness.reliability.workload import (Answer, Reference, Workload, answer_of, http_sender, matches,
                                                   message_of)
-from scripts.serve.settings import ModelServingSettings
-from scripts.serve.torchserve import TorchServe
 
 
 def ms(samples, q: float) -> float:
@@ -42,9 +39,9 @@ class BadInputsResult:
     cases: list[CaseResult]
     mixed_requests: int  # the mixed phase: every case at once, between good requests
     mixed_failures: list[str]
-    worker_pids_before: list[int]
-    worker_pids_after: list[int]
-    worker_restarts: int
+    pids_before: list[int]  # the serving processes (TorchServe's workers; the runtime)
+    pids_after: list[int]
+    restarts: int
     passed: bool = False
     name: str = "bad_inputs"
 
@@ -54,8 +51,8 @@ class BadInputsResult:
                 f"but odd answered 200), {sum(not c.ok for c in self.cases)} wrong, "
                 f"{sum(not c.next_good_ok for c in self.cases)} good follow-ups failed; mixed phase "
                 f"{self.mixed_requests} concurrent requests, {len(self.mixed_failures)} wrong; 5xx: "
-                f"{sum(c.status >= 500 for c in self.cases)}; worker restarts {self.worker_restarts}, "
-                f"pids {self.worker_pids_before} → {self.worker_pids_after}")
+                f"{sum(c.status >= 500 for c in self.cases)}; restarts {self.restarts}, "
+                f"pids {self.pids_before} → {self.pids_after}")
 
 
 @dataclass
@@ -90,37 +87,38 @@ class OverloadResult:
     p50_200_ms: float
     message_503: str
     recovered_after_s: float  # from the burst's last answer to 5 good answers in a row
-    worker_restarts: int
+    restarts: int
     passed: bool = False
     name: str = "overload"
 
     def summary(self) -> str:
         return (f"burst of {self.burst} at once (queue {self.job_queue_size}): statuses {self.statuses}, "
                 f"503 p50 {self.p50_503_ms} / p95 {self.p95_503_ms} ms (200 p50 {self.p50_200_ms} ms); "
-                f"serving again {self.recovered_after_s:.2f} s after the burst; worker restarts "
-                f"{self.worker_restarts}")
+                f"serving again {self.recovered_after_s:.2f} s after the burst; restarts {self.restarts}")
 
 
 @dataclass
 class FaultResult:
+    killed: str  # "worker" (TorchServe: the others keep serving) or "server" (the runtime's one process)
     concurrency: int
     killed_pid: int
     new_pids: list[int]
     in_flight_at_kill: int
     failed: int
-    failed_statuses: dict[int, int]
+    failed_statuses: dict[int, int]  # 0: no answer (the connection reset or refused)
+    failed_after_recovery: int  # failures of requests sent after the first good answer
     recovery_s: float  # SIGKILL → first good answer to a request sent after it
     requests: int
     mismatched: int
-    worker_restarts: int
+    restarts: int
     passed: bool = False
-    name: str = "worker_fault"
+    name: str = "process_fault"
 
     def summary(self) -> str:
-        return (f"SIGKILL worker {self.killed_pid} under {self.concurrency} clients: serving again in "
+        return (f"SIGKILL {self.killed} {self.killed_pid} under {self.concurrency} clients: serving again in "
                 f"{self.recovery_s:.2f} s (new pid {self.new_pids}); {self.failed} failed "
-                f"{self.failed_statuses} of {self.requests}, {self.in_flight_at_kill} in flight at the kill; "
-                f"{self.mismatched} mismatched; restarts logged {self.worker_restarts}")
+                f"{self.failed_statuses} of {self.requests} ({self.failed_after_recovery} after recovery), "
+                f"{self.in_flight_at_kill} in flight at the kill; {self.mismatched} mismatched; restarts {self.restarts}")
 
 
 @dataclass
@@ -153,10 +151,10 @@ def _check_case(case: Case, r: requests.Response, expected: Answer | None, tol: 
     return ok, reason, message
 
 
-def bad_inputs(ts: TorchServe, cases: list[Case], work: Workload, reference: Reference,
+def bad_inputs(server: ServerUnderTest, cases: list[Case], work: Workload, reference: Reference,
                rs: ReliabilitySettings, progress: bool = False) -> BadInputsResult:
-    url = ts.settings.inference_url
-    pids_before, restarts_before = ts.worker_pids(rs.model), ts.worker_restarts()
+    url = server.url
+    pids_before, restarts_before = server.serving_pids(), server.restarts()
     expected = {c.name: reference.answer(c.valid) for c in cases if c.valid is not None}
     results = []
     for i, case in enumerate(tqdm(cases, desc="bad inputs", leave=False, disable=not progress)):
@@ -196,18 +194,18 @@ def bad_inputs(ts: TorchServe, cases: list[Case], work: Workload, reference: Ref
     mixed = Load(sender, 16, seconds=rs.request_timeout_s * 4, max_requests=len(calls)).run()
     mixed_failures = [x.error if x.status else f"{calls[x.index][0]}: {x.error.split(':')[0]}"
                       for x in sorted(mixed, key=lambda x: x.index) if not x.ok]
-    pids_after = ts.worker_pids(rs.model)
+    pids_after = server.serving_pids()
     res = BadInputsResult(results, len(calls), mixed_failures, pids_before, pids_after,
-                          ts.worker_restarts() - restarts_before)
+                          server.restarts() - restarts_before)
     res.passed = (all(c.ok and c.next_good_ok for c in results) and not mixed_failures
-                  and pids_before == pids_after and res.worker_restarts == 0
+                  and pids_before == pids_after and res.restarts == 0
                   and not any(c.status >= 500 for c in results))
     return res
 
 
 # --- scenario: held load ------------------------------------------------------------------------------
-def held_load(ts: TorchServe, work: Workload, rs: ReliabilitySettings, progress: bool = False) -> LoadResult:
-    sender = http_sender(ts.settings.inference_url, rs.model, work, rs.request_timeout_s, rs.match_tolerance)
+def held_load(server: ServerUnderTest, work: Workload, rs: ReliabilitySettings, progress: bool = False) -> LoadResult:
+    sender = http_sender(server, work, rs.request_timeout_s, rs.match_tolerance)
     load = Load(sender, rs.load_concurrency, rs.load_seconds, rs.load_max_requests)
     with load:
         load.wait(f"load {rs.load_concurrency}×{rs.load_seconds:.0f}s" if progress else None)
@@ -241,11 +239,11 @@ def serving_again(url: str, work: Workload, rs: ReliabilitySettings, within: flo
     return float("inf")
 
 
-def overload(ts: TorchServe, work: Workload, rs: ReliabilitySettings) -> OverloadResult:
-    url, pids, restarts = ts.settings.inference_url, ts.worker_pids(rs.model), ts.worker_restarts()
+def overload(server: ServerUnderTest, work: Workload, rs: ReliabilitySettings) -> OverloadResult:
+    url, pids, restarts = server.url, server.serving_pids(), server.restarts()
     # One request per client, all released together; each client opens its connection first
-    # (GET /ping) so the burst reaches the frontend at once.
-    sender = http_sender(url, rs.model, work, rs.request_timeout_s, rs.match_tolerance, open_with="/ping")
+    # (a health GET) so the burst reaches the server at once.
+    sender = http_sender(server, work, rs.request_timeout_s, rs.match_tolerance, open_with=server.ping_path)
     samples = Load(sender, rs.burst, seconds=rs.request_timeout_s * 2, max_requests=rs.burst,
                    per_client=1).run()
     recovered = serving_again(url, work, rs, rs.recover_within_s * 3)
@@ -257,74 +255,59 @@ def overload(ts: TorchServe, work: Workload, rs: ReliabilitySettings) -> Overloa
     mismatched = sum(x.status == 200 and not x.ok for x in samples)
     msg = next((x.error for x in samples if x.status == 503), "")
     res = OverloadResult(rs.burst, rs.job_queue_size, statuses, mismatched, q(503, 0.5), q(503, 0.95), q(200, 0.5),
-                         msg[:200], round(recovered, 2), ts.worker_restarts() - restarts)
+                         msg[:200], round(recovered, 2), server.restarts() - restarts)
     res.passed = (set(statuses) <= {200, 503} and statuses.get(503, 0) > 0 and mismatched == 0
                   and res.p95_503_ms <= rs.fast_503_p95_s * 1e3 and recovered <= rs.recover_within_s
-                  and res.worker_restarts == 0 and ts.worker_pids(rs.model) == pids)
+                  and res.restarts == 0 and server.serving_pids() == pids)
     return res
 
 
-# --- scenario: worker fault -----------------------------------------------------------------------------
-def worker_fault(ts: TorchServe, work: Workload, rs: ReliabilitySettings, progress: bool = False) -> FaultResult:
-    before = ts.worker_pids(rs.model)
-    pid = before[0]  # one of the model's workers: the others keep serving meanwhile
-    restarts = ts.worker_restarts()
-    sender = http_sender(ts.settings.inference_url, rs.model, work, rs.request_timeout_s, rs.match_tolerance)
+# --- scenario: process fault -----------------------------------------------------------------------------
+def process_fault(server: ServerUnderTest, work: Workload, rs: ReliabilitySettings,
+                  progress: bool = False) -> FaultResult:
+    """SIGKILL a serving process under load. TorchServe: one worker; the others keep serving, so
+    at most the requests in flight may fail. KServe-native: the runtime's one process; it is
+    started again (the kubelet's part), so requests fail until it is ready and none after."""
+    before, restarts = server.serving_pids(), server.restarts()
+    sender = http_sender(server, work, rs.request_timeout_s, rs.match_tolerance)
     load = Load(sender, rs.fault_concurrency, rs.fault_seconds, rs.load_max_requests)
     with load:
         time.sleep(rs.fault_kill_after_s)
         with load.lock:  # no request starts or ends while we count what is in flight
-            os.kill(pid, signal.SIGKILL)
+            pid = server.kill()
             killed_at, in_flight = time.perf_counter(), load.in_flight
-        load.wait("worker fault" if progress else None)
+        server.recover()
+        load.wait("process fault" if progress else None)
     s = load.samples
-    after = [x.done - killed_at for x in s if x.sent > killed_at and x.status == 200 and x.ok]
+    good_after = [x for x in s if x.sent > killed_at and x.status == 200 and x.ok]
+    recovered_at = min((x.done for x in good_after), default=float("inf"))
     failed = [x for x in s if x.status != 200]
-    new = ts.worker_pids(rs.model)
-    res = FaultResult(rs.fault_concurrency, pid, new, in_flight, len(failed),
-                      dict(Counter(x.status for x in failed)), round(min(after), 2) if after else float("inf"),
-                      len(s), sum(x.status == 200 and not x.ok for x in s), ts.worker_restarts() - restarts)
-    res.passed = (res.recovery_s <= rs.fault_recovery_target_s and res.failed <= in_flight
-                  and res.mismatched == 0 and pid not in new and len(new) == len(before))
+    new = server.serving_pids()
+    res = FaultResult(server.faulted, rs.fault_concurrency, pid, new, in_flight, len(failed),
+                      dict(Counter(x.status for x in failed)), sum(x.sent > recovered_at for x in failed),
+                      round(recovered_at - killed_at, 2), len(s), sum(x.status == 200 and not x.ok for x in s),
+                      server.restarts() - restarts)
+    bounded = (res.failed <= in_flight if server.faulted == "worker"
+               else res.failed_after_recovery == 0 and set(res.failed_statuses) <= {0})
+    res.passed = (res.recovery_s <= rs.fault_recovery_target_s and bounded and res.mismatched == 0
+                  and pid not in new and len(new) == len(before) and res.restarts == 1)
     return res
 
 
 # --- scenario: rollout ------------------------------------------------------------------------------------
-def rollout(ts: TorchServe, work: Workload, rs: ReliabilitySettings, new_mar: str, new_version: str,
-            old_version: str, model_settings: ModelServingSettings | None = None, naive: bool = False,
+def rollout(server: ServerUnderTest, work: Workload, rs: ReliabilitySettings, naive: bool = False,
             progress: bool = False) -> RolloutResult:
-    """Register `new_mar`, make it the default, unregister `old_version`, all under load.
-    naive=True: synchronous registration and an immediate unregister (what the docs suggest),
-    measured to show why the suite's procedure drains first."""
-    m = model_settings or ModelServingSettings()
-    mgmt = ts.settings.management_url
-    sender = http_sender(ts.settings.inference_url, rs.model, work, 20.0 if naive else rs.request_timeout_s,
-                         rs.match_tolerance)
+    """The store's other version replaces the one served while clients keep sending (servers.py
+    says how on each runtime): no request may fail or get an old-version answer after the switch."""
+    old_version, new_version = server.version, server.next_version()
+    sender = http_sender(server, work, 20.0 if naive else rs.request_timeout_s, rs.match_tolerance)
     load = Load(sender, rs.rollout_concurrency, rs.rollout_max_s, rs.load_max_requests)
-    steps: dict[str, float] = {}
     with load:
         time.sleep(2.0)
-        t = time.perf_counter()
-        if naive:
-            requests.post(f"{mgmt}/models", timeout=300,
-                          params={**ts.registration(new_mar, m), "synchronous": "true"}).raise_for_status()
-        else:
-            ts.register(new_mar, m)
-        steps["register"] = round(time.perf_counter() - t, 2)
-        time.sleep(1.0)
-        t = time.perf_counter()
-        ts.set_default(rs.model, new_version)
-        switched = time.perf_counter()
-        steps["set_default"] = round(switched - t, 3)
-        t = time.perf_counter()
-        if naive:
-            requests.delete(f"{mgmt}/models/{rs.model}/{old_version}", timeout=60).raise_for_status()
-        else:
-            ts.unregister(rs.model, old_version)
-        steps["unregister"] = round(time.perf_counter() - t, 2)
+        steps, switched = server.roll_out(naive)
         time.sleep(3.0)  # keep serving on the new version alone for a while
         load.stop()
-        load.wait()
+        load.wait("rollout" if progress else None)
     s = load.samples
     failed = [x for x in s if x.status != 200]
     res = RolloutResult("naive" if naive else "drained", rs.rollout_concurrency, steps, len(s), len(failed),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from scripts.harness.reliability.servers import RUNTIMES
 from scripts.serve.settings import DEFAULT_MODEL
 
 
@@ -11,6 +12,7 @@ class ReliabilitySettings:
     """Bounds and targets of every scenario (defaults: the full suite; `quick()`: the fast subset)."""
 
     model: str = DEFAULT_MODEL
+    runtimes: tuple[str, ...] = RUNTIMES  # each scenario runs on each, in this order
     job_queue_size: int = 32  # ≥ load concurrency (no 503 under held load), ≪ overload burst
     request_timeout_s: float = 60.0  # > worker restart time: queued requests wait for the new worker
     match_tolerance: float = 1e-4  # batched vs single forward passes differ by float noise

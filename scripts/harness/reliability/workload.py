@@ -4,8 +4,9 @@ own request's: what every scenario sends through scripts/harness/load.py."""
 from __future__ import annotations
 
 import tempfile
+import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import requests
@@ -57,6 +58,10 @@ class Workload:
     def from_images(cls, images: list[bytes], reference: Reference) -> "Workload":
         return cls(images, [reference.answer(b) for b in images])
 
+    def over(self, protocols: tuple[str, ...]) -> "Workload":
+        """The same images and answers, sent in the request kinds a server speaks."""
+        return replace(self, protocols=protocols)
+
     def request(self, i: int, model_path: str) -> tuple[str, dict, int]:
         """(path, requests kwargs, image index) of the i-th request."""
         k = i % len(self.images)
@@ -94,23 +99,30 @@ def message_of(r: requests.Response) -> tuple[str, str]:
     return "", r.text[:200]
 
 
-def http_sender(url: str, model: str, work: Workload, timeout: float, tol: float, open_with: str | None = None):
+def http_sender(server, work: Workload, timeout: float, tol: float, open_with: str | None = None,
+                refused_pause_s: float = 0.05):
     """A sender factory for scripts/harness/load.py: each client thread gets its own keep-alive
-    session (opened with a GET of `open_with` first, when given); request i is work.request(i) and
-    is right when its answer is its own image's."""
-    loopback_only(url)
+    session (opened with a GET of `open_with` first, when given); request i is work.request(i),
+    sent to the server's endpoint of the moment (servers.py), and is right when its answer is its
+    own image's. A client whose connection is refused waits `refused_pause_s` before its next
+    request, as a real client backs off, so a server that is down is not spun against."""
+    loopback_only(server.url)
 
     def sender() -> Send:
         session = requests.Session()
         if open_with:
             try:
-                session.get(url + open_with, timeout=timeout)
+                session.get(server.url + open_with, timeout=timeout)
             except requests.RequestException:
                 pass  # the burst's own request will say what is wrong
 
         def send(i: int) -> Outcome:
-            path, kw, k = work.request(i, model)
-            r = session.post(url + path, timeout=timeout, **kw)
+            path, kw, k = work.request(i, server.model)
+            try:
+                r = session.post(server.url + path, timeout=timeout, **kw)
+            except requests.ConnectionError:
+                time.sleep(refused_pause_s)
+                raise
             return Outcome(r.status_code == 200 and matches(answer_of(r), work.expected[k], tol), r.status_code,
                            r.headers.get("x-model-version"),
                            "" if r.status_code == 200 else (message_of(r)[1] or r.text)[:200])
