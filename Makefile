@@ -53,7 +53,7 @@ archive: setup $(CKPT) $(IMAGENET_CKPT)  ## build both .mar files (custom + imag
 serve: setup $(CONFIG)  ## start TorchServe in the background; returns when workers are READY
 	$(PY) -m scripts.serve start --store $(STORE)
 
-kserve: setup $(CONFIG)  ## KServe-native runtime over the same .mar files: v1/v2 REST :8085, gRPC :8086 (foreground)
+kserve: setup $(CONFIG)  ## KServe-native runtime over the same .mar files: v1/v2 REST :8085, gRPC :8086, /metrics :8087 (foreground)
 	$(PY) -m scripts.runtime --model-store $(STORE)/model-store $(KSERVE_ARGS)
 
 stop: setup  ## stop the TorchServe started by `make serve`

@@ -13,8 +13,8 @@ Listener overrides (all optional):
   SERVE_GRPC_INFERENCE_PORT (7070), SERVE_GRPC_MANAGEMENT_PORT (7071),
   SERVE_UI_PORT (8090: the try-it page), SERVE_CORS_ORIGIN (default: the page's own origin;
   set it to the page's URL when the page talks to a cluster endpoint),
-  SERVE_KSERVE_HTTP_PORT (8085) and SERVE_KSERVE_GRPC_PORT (8086): the KServe-native runtime
-  (scripts/runtime/)
+  SERVE_KSERVE_HTTP_PORT (8085), SERVE_KSERVE_GRPC_PORT (8086) and SERVE_KSERVE_METRICS_PORT
+  (8087: its /metrics, apart from the inference API): the KServe-native runtime (scripts/runtime/)
 
 Request limits (RequestLimits; the chart's `limits` sets them in both runtimes' pods):
   SERVE_MAX_REQUEST_BYTES, SERVE_MAX_IMAGES_PER_REQUEST, SERVE_QUEUE_SIZE, SERVE_MAX_INFLIGHT,
@@ -96,8 +96,9 @@ class ServingSettings:
     grpc_inference_port: int = PORT(7070)
     grpc_management_port: int = PORT(7071)
     ui_port: int = PORT(8090)
-    kserve_http_port: int = PORT(8085)  # KServe-native runtime: v1/v2 REST, /metrics
+    kserve_http_port: int = PORT(8085)  # KServe-native runtime: v1/v2 REST and the probes
     kserve_grpc_port: int = PORT(8086)  # KServe-native runtime: OIP gRPC
+    kserve_metrics_port: int = PORT(8087)  # KServe-native runtime: /metrics, never behind a token
     cors_origin: str = ""  # empty: the try-it page's origin on this host
 
     @classmethod

@@ -19,6 +19,7 @@ from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
+from prometheus_client import start_http_server
 from timing_asgi import TimingMiddleware
 
 from handlers.auth import TokenFile
@@ -26,7 +27,7 @@ from handlers.settings import RequestLimits
 from scripts.runtime.dataplane import ClassifierDataPlane
 from scripts.runtime.model import RequestRefused
 from scripts.runtime.transport import (BearerAuth, BearerAuthInterceptor, BinaryTensorBodies, InterceptorForRefusals,
-                                       ModelVersions, NotAllowed, RequestGate, RequestMetrics,
+                                       MetricsElsewhere, ModelVersions, NotAllowed, RequestGate, RequestMetrics,
                                        RequestMetricsInterceptor, TraceInterceptor, TraceRequests,
                                        invalid_body_response, model_config_unsupported, refused_response,
                                        version_refusal)
@@ -75,6 +76,7 @@ class BoundRESTServer(RESTServer):
         models = self.dataplane.model_registry
         model_server.app.add_middleware(ModelVersions, versions=lambda: {
             name: getattr(m, "version", None) for name, m in models.get_models().items()})
+        model_server.app.add_middleware(MetricsElsewhere)  # kserve's /metrics route: on its own port here
         model_server.app.add_middleware(RequestGate, limits=self.limits)  # the last added runs first
         if self.tokens is not None:
             model_server.app.add_middleware(BearerAuth, tokens=self.tokens)
@@ -174,9 +176,10 @@ class BoundModelServer(ModelServer):
     setting for it. A pod passes --host 0.0.0.0; tests and laptops stay on loopback."""
 
     def __init__(self, host: str, limits: RequestLimits | None = None, tokens: TokenFile | None = None,
-                 tracer: Tracer | None = None, **kwargs):
+                 tracer: Tracer | None = None, metrics_port: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.host = host
+        self.metrics_port = metrics_port  # None: no /metrics listener (kserve's route is removed either way)
         self.limits = limits or RequestLimits()
         self.tokens = tokens  # None: no authentication
         self.tracer = tracer  # None: no spans
@@ -186,6 +189,8 @@ class BoundModelServer(ModelServer):
     def start(self, models: list[Model]) -> None:
         # kserve 0.21's ModelServer.start for one REST process (no TLS), with `host` passed down
         self._register_and_check_atleast_one_model_is_ready(models)
+        if self.metrics_port is not None:  # kserve's REGISTRY, which the models' metrics join
+            start_http_server(self.metrics_port, addr=self.host)
         self._rest_server = BoundRESTServer(
             self.host, FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
             self.http_port, access_log_format=self.access_log_format, grace_period=self.grace_period,

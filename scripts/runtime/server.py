@@ -1,12 +1,13 @@
 """The KServe-native runtime's command line: load every archive of a model store and serve them.
 
     python -m scripts.runtime --model-store build/serve/model-store [--host 127.0.0.1]
-                              [--http-port 8085] [--grpc-port 8086]
+                              [--http-port 8085] [--grpc-port 8086] [--metrics-port 8087]
 
 Serves KServe v1 REST (`POST /v1/models/<m>:predict`), Open Inference Protocol v2 REST
 (`POST /v2/models/<m>/infer`, base64 strings in a BYTES input) and v2 gRPC
 (`inference.GRPCInferenceService`, raw image bytes in a BYTES input), OIP health and metadata, and
-KServe's Prometheus `/metrics` on the HTTP port. kserve's own flags (e.g. `--enable_docs_url true`)
+Prometheus `/metrics` on a port of its own (so a NetworkPolicy can open it to the monitoring
+namespace alone, and it never needs a token). kserve's own flags (e.g. `--enable_docs_url true`)
 come from its parser, a parent of ours. Request limits (body size, images per request, queue,
 requests at once, body timeout) come from the SERVE_* environment (handlers/settings.py
 RequestLimits), as the chart's `limits` sets them; SERVE_TOKEN_FILE turns on bearer-token
@@ -86,8 +87,9 @@ def get_args_parser(settings: ServingSettings | None = None) -> argparse.Argumen
                                 parents=[kserve_flags], allow_abbrev=False)
     p.add_argument("--model-store", type=Path, required=True, help="directory holding the .mar files")
     p.add_argument("--host", default=s.host, help="address both listeners bind (a pod: 0.0.0.0)")
-    p.add_argument("--http-port", dest="http_port", type=int, help="v1/v2 REST and /metrics")
+    p.add_argument("--http-port", dest="http_port", type=int, help="v1/v2 REST and the health probes")
     p.add_argument("--grpc-port", dest="grpc_port", type=int, help="OIP v2 gRPC")
+    p.add_argument("--metrics-port", type=int, default=s.kserve_metrics_port, help="Prometheus /metrics")
     p.add_argument("--inline-below-ms", type=float, default=INLINE_BELOW_MS,
                    help="run a model's batches on the event loop while they take less than this on "
                         "average (0: always in a worker thread)")
@@ -128,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         latency_log = args.enable_latency_logging if given(argv, "--enable_latency_logging") else False
         tokens = TokenFile(auth.token_file) if auth.token_file else None
         try:
-            BoundModelServer(args.host, limits=limits, tokens=tokens, tracer=tracer, http_port=args.http_port,
-                             grpc_port=args.grpc_port, enable_latency_logging=latency_log).start(models)
+            BoundModelServer(args.host, limits=limits, tokens=tokens, tracer=tracer, metrics_port=args.metrics_port,
+                             http_port=args.http_port, grpc_port=args.grpc_port,
+                             enable_latency_logging=latency_log).start(models)
         finally:
             if tracer is not None:
                 tracer.shutdown()  # sends the spans still buffered

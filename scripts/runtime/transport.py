@@ -75,6 +75,26 @@ async def model_config_unsupported(model_name: str, model_version: str | None = 
     return JSONResponse(error.to_dict(), status_code=error.status)
 
 
+class NotServedHere(InputError):
+    reason = "not_served_here"
+    status = 404
+
+
+class MetricsElsewhere:
+    """ASGI middleware: kserve registers /metrics beside the inference API; this runtime serves it
+    on a port of its own (--metrics-port), which a NetworkPolicy can open to the monitoring
+    namespace alone, so here it is a 404 that says where to look."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("path") == "/metrics":
+            return await refuse(send, NotServedHere("/metrics is served on this runtime's metrics port "
+                                                    "(--metrics-port; the chart's ports.kserveNative.metrics)"))
+        await self.app(scope, receive, send)
+
+
 class NotAllowed(InputError):
     reason = "not_allowed"
     status = 403
@@ -187,7 +207,7 @@ async def refuse(send, error: InputError, retry_after_s: int | None = None,
 
 
 # What a kubelet, a load balancer and Prometheus call without credentials
-OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready", "/metrics"})
+OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready"})  # /metrics: a port of its own
 OPEN_GRPC_METHODS = frozenset(f"/inference.GRPCInferenceService/{m}" for m in ("ServerLive", "ServerReady", "ModelReady"))
 REALM = b'realm="image-classifier"'
 
@@ -199,7 +219,7 @@ def unauthenticated(given, how: str) -> Unauthenticated:
 
 
 class BearerAuth:
-    """ASGI middleware, outermost: every REST route but the probes and /metrics needs
+    """ASGI middleware, outermost: every REST route but the probes needs
     `Authorization: Bearer <token>` with a token of the file; otherwise 401 with our JSON body and
     WWW-Authenticate, before the body is read (an unauthenticated caller holds no slot)."""
 

@@ -328,9 +328,9 @@ def test_kserve_native_runtime_command_matches_its_cli():
     argv = runtime_argv(c)
     assert argv[:3] == ["python", "-m", "scripts.runtime"]
     args = get_args_parser().parse_args(argv[3:])  # the runtime's own parser accepts them
-    assert (str(args.model_store), args.host, args.http_port, args.grpc_port) == \
-        (f"{KSERVE_MODEL_MOUNT}/model-store", "0.0.0.0", 8080, 8081)
-    assert ports_of(c) == {"http1": 8080, "h2c": 8081}
+    assert (str(args.model_store), args.host, args.http_port, args.grpc_port, args.metrics_port) == \
+        (f"{KSERVE_MODEL_MOUNT}/model-store", "0.0.0.0", 8080, 8081, 8082)
+    assert ports_of(c) == {"http1": 8080, "h2c": 8081, "metrics": 8082}
     assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
     assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": 8080}
 
@@ -399,7 +399,7 @@ def test_knative_metric_aggregation_scrapes_each_runtimes_metrics_port():
         p = i["spec"]["predictor"]
         runtime = p["labels"]["image-classifier/runtime"]
         ports = yaml.safe_load((CHART / "values.yaml").read_text())["ports"]
-        want = ports["torchserve"]["metrics"] if runtime == "torchserve" else ports["kserveNative"]["http"]
+        want = ports["torchserve"]["metrics"] if runtime == "torchserve" else ports["kserveNative"]["metrics"]
         assert aggregated_metrics_port(p) == want
         assert p["annotations"]["prometheus.kserve.io/path"] == "/metrics"
         # Prometheus scrapes KServe's aggregation port: a Knative pod declares one container port,
@@ -543,8 +543,8 @@ def test_v2_values():
         ("v2", "image-classifier-torchserve")
     assert (im["spec"]["predictor"]["model"]["protocolVersion"], im["spec"]["predictor"]["model"]["runtime"]) == \
         ("v2", "image-classifier-kserve-native")
-    assert im["spec"]["predictor"]["annotations"]["prometheus.io/port"] == "8080"  # kserve's /metrics
-    assert {p["spec"]["podMetricsEndpoints"][0]["portNumber"] for p in of_kind(objs, "PodMonitor")} == {8080, 8082}
+    assert im["spec"]["predictor"]["annotations"]["prometheus.io/port"] == "8082"  # its own metrics port
+    assert [p["spec"]["podMetricsEndpoints"][0]["portNumber"] for p in of_kind(objs, "PodMonitor")] == [8082, 8082]
 
 
 def test_grpc_v2_values():
@@ -556,6 +556,23 @@ def test_grpc_v2_values():
     assert ports_of(sr["spec"]["containers"][0])["h2c"] == 8081
     np = one(objs, "NetworkPolicy", "image-classifier-kserve-native")
     assert {p["port"] for p in np["spec"]["ingress"][0]["ports"]} == {8080, 8081}
+
+
+def test_kserve_native_metrics_listen_apart_and_only_the_monitoring_namespace_reaches_them():
+    """The token-guarded inference ports and /metrics differ, so the NetworkPolicy can open the
+    metrics port to the monitoring namespace alone (its first rule, from anywhere allowed, lists
+    the inference ports only)."""
+    objs = render("auth-values.yaml")
+    c = runtime_container(objs, "kserve-native")
+    metrics = yaml.safe_load((CHART / "values.yaml").read_text())["ports"]["kserveNative"]["metrics"]
+    assert ports_of(c)["metrics"] == metrics == get_args_parser().parse_args(runtime_argv(c)[3:]).metrics_port
+    assert metrics not in (ports_of(c)["http1"], ports_of(c)["h2c"])
+    np = one(objs, "NetworkPolicy", "image-classifier-kserve-native")
+    inference_rule, monitoring_rule = np["spec"]["ingress"]
+    assert metrics not in {p["port"] for p in inference_rule["ports"]}
+    assert [p["port"] for p in monitoring_rule["ports"]] == [metrics]
+    assert monitoring_rule["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicy"]["monitoringNamespace"]}}}]
 
 
 def test_auth_values_mount_the_secret_where_the_runtime_reads_its_tokens(tmp_path):

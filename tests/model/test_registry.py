@@ -125,7 +125,7 @@ def test_the_archive_takes_the_alias_and_promoting_it_rolls_out_the_other_versio
         while metric_value(requests.get(ts.settings.metrics_url, timeout=10).text, m.MODEL_INFO, **info) != 1:
             assert time.monotonic() < deadline, "TorchServe never exported the model's info metric"
             time.sleep(0.5)
-        assert metric_value(requests.get(f"{rt.url}/metrics", timeout=10).text, m.MODEL_INFO, **info) == 1
+        assert metric_value(requests.get(rt.metrics_url, timeout=10).text, m.MODEL_INFO, **info) == 1
     finally:
         rt.stop()
         ts.stop()

@@ -81,9 +81,9 @@ def monitored(torchserve, kserve_runtime, samples, tmp_path_factory):
     out_dir, listed = samples
     run = tmp_path_factory.mktemp("prometheus")
     settings = torchserve.settings
-    metrics_urls = {TORCHSERVE: settings.metrics_url, KSERVE_NATIVE: f"{kserve_runtime.url}/metrics"}
+    metrics_urls = {TORCHSERVE: settings.metrics_url, KSERVE_NATIVE: kserve_runtime.metrics_url}
     config = write_config(run, {TORCHSERVE: [f"{settings.host}:{settings.metrics_port}"],
-                                KSERVE_NATIVE: [f"127.0.0.1:{kserve_runtime.http_port}"]}, interval="1s",
+                                KSERVE_NATIVE: [f"127.0.0.1:{kserve_runtime.metrics_port}"]}, interval="1s",
                           models=(MODEL_NAME, IMAGENET_NAME))
     prom = Prometheus(run, config, free_port()).start(timeout=60)
     try:

@@ -65,8 +65,17 @@ def test_every_rest_route_refuses_a_missing_or_wrong_token_and_serves_a_good_one
 
 
 def test_probes_and_metrics_need_no_token(guarded):
-    for path in ("/", "/v2/health/live", "/v2/health/ready", "/metrics"):
+    for path in ("/", "/v2/health/live", "/v2/health/ready"):
         assert requests.get(guarded.url + path, timeout=10).status_code == 200, path
+    metrics = requests.get(guarded.metrics_url, timeout=10)  # its own port, which the NetworkPolicy guards
+    assert metrics.status_code == 200 and "image_classifier_queue_depth" in metrics.text
+
+
+def test_metrics_are_not_served_beside_the_inference_api(guarded):
+    """kserve registers /metrics on the HTTP port; here it says where the metrics are instead."""
+    r = requests.get(guarded.url + "/metrics", headers=bearer(GOOD), timeout=10)
+    assert r.status_code == 404 and r.json()["reason"] == "not_served_here" and "--metrics-port" in r.json()["error"]
+    assert requests.get(guarded.url + "/metrics", timeout=10).status_code == 401  # not an open path any more
 
 
 def infer_request(image: bytes) -> pb.ModelInferRequest:

@@ -95,10 +95,12 @@ def test_our_flags_and_kserves_are_one_parser():
 
 
 def test_defaults_come_from_the_serving_settings():
-    s = ServingSettings.from_env({"SERVE_KSERVE_HTTP_PORT": "9101", "SERVE_KSERVE_GRPC_PORT": "9102"})
+    s = ServingSettings.from_env({"SERVE_KSERVE_HTTP_PORT": "9101", "SERVE_KSERVE_GRPC_PORT": "9102",
+                                  "SERVE_KSERVE_METRICS_PORT": "9103"})
     args = server.get_args_parser(s).parse_args(["--model-store", "m"])
-    assert (args.host, args.http_port, args.grpc_port) == ("127.0.0.1", 9101, 9102)
-    assert (ServingSettings().kserve_http_port, ServingSettings().kserve_grpc_port) == (8085, 8086)
+    assert (args.host, args.http_port, args.grpc_port, args.metrics_port) == ("127.0.0.1", 9101, 9102, 9103)
+    d = ServingSettings()
+    assert (d.kserve_http_port, d.kserve_grpc_port, d.kserve_metrics_port) == (8085, 8086, 8087)
 
 
 def test_an_empty_store_or_a_broken_archive_fails_fast(tmp_path, capsys):
@@ -153,10 +155,10 @@ def listening_addresses(port: int) -> set[str]:
 
 @pytest.mark.integration
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's socket table")
-def test_both_listeners_bind_only_the_given_host(runtime):
-    # 127.0.0.1 as the kernel writes it: plain IPv4 (uvicorn), IPv4-mapped IPv6 (gRPC's socket)
+def test_every_listener_binds_only_the_given_host(runtime):
+    # 127.0.0.1 as the kernel writes it: plain IPv4 (uvicorn, the metrics server), IPv4-mapped IPv6 (gRPC's socket)
     loopback = {"0100007F", "0000000000000000FFFF00000100007F"}
-    for port in (runtime.http_port, runtime.grpc_port):
+    for port in (runtime.http_port, runtime.grpc_port, runtime.metrics_port):
         assert listening_addresses(port) and listening_addresses(port) <= loopback, port
 
 
@@ -358,7 +360,7 @@ def test_concurrent_requests_over_every_protocol(runtime, images, local):
 @pytest.mark.integration
 def test_metrics_endpoint_counts_requests_per_model(runtime, images):
     requests.post(v1(runtime.url), json={"instances": [b64(images[0])]}, timeout=30).raise_for_status()
-    r = requests.get(f"{runtime.url}/metrics", timeout=10)
+    r = requests.get(runtime.metrics_url, timeout=10)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     counts = [float(line.rsplit(" ", 1)[1]) for line in r.text.splitlines()
               if line.startswith(f'request_predict_seconds_count{{model_name="{MODEL_NAME}"}}')]
@@ -654,11 +656,11 @@ def test_handler_metrics_have_torchserves_names_and_labels(runtime, images):
     from tests.helpers import metric_value as value
 
     labels = {"ModelName": MODEL_NAME, "ModelVersion": "1.0", "Level": "Model"}
-    before = requests.get(f"{runtime.url}/metrics", timeout=10).text
+    before = requests.get(runtime.metrics_url, timeout=10).text
     ok = requests.post(v1(runtime.url), json={"instances": [{"b64": base64.b64encode(images[0]).decode()}]}, timeout=30)
     bad = requests.post(v1(runtime.url), json={"instances": [{"b64": base64.b64encode(b"junk").decode()}]}, timeout=30)
     assert (ok.status_code, bad.status_code) == (200, 400)
-    after = requests.get(f"{runtime.url}/metrics", timeout=10).text
+    after = requests.get(runtime.metrics_url, timeout=10).text
     delta = lambda name, **kw: value(after, name, **labels, **kw) - value(before, name, **labels, **kw)  # noqa: E731
     assert delta(m.REJECTED, reason="invalid_image") == 1
     assert sum(delta(m.PREDICTIONS, label=label) for label in ok.json()["predictions"][0]) == 1

@@ -152,7 +152,7 @@ def test_a_full_model_queue_answers_503_and_every_accepted_request_its_own_answe
     assert any("wait for this model (queue size 2)" in r.json()["error"] for r in full)
     first = [r.json()["predictions"] for r in answers if r.status_code == 200]
     assert all(p == first[0] for p in first) and len(first[0]) == 3
-    metrics = requests.get(f"{limited.url}/metrics", timeout=10).text
+    metrics = requests.get(limited.metrics_url, timeout=10).text
     rejected = [line for line in metrics.splitlines() if line.startswith("image_handler_rejected_total{")
                 and f'ModelName="{IMAGENET_NAME}"' in line and 'reason="overloaded"' in line]
     assert rejected and float(rejected[0].split()[-1]) == len(full)

@@ -19,7 +19,7 @@ LABELS = {"ModelName": MODEL_NAME, "ModelVersion": "1.0", "Level": "Model"}
 
 
 def scrape(runtime) -> str:
-    return requests.get(f"{runtime.url}/metrics", timeout=10).text
+    return requests.get(runtime.metrics_url, timeout=10).text
 
 
 def delta(before: str, after: str, name: str, **labels) -> float:

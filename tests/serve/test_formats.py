@@ -108,7 +108,7 @@ def test_every_format_exports_the_same_handler_metrics_on_both_runtimes(servers,
         wire.rest_native(ts.settings.inference_url, name(fmt), images[0])
         wire.rest_v2(rt.url, name(fmt), images[:1])
     scraped = {"torchserve": requests.get(ts.settings.metrics_url, timeout=10).text,
-               "kserve": requests.get(f"{rt.url}/metrics", timeout=10).text}
+               "kserve": requests.get(rt.metrics_url, timeout=10).text}
     for runtime, text in scraped.items():
         for fmt in FORMATS:
             count = metric_value(text, f"{m.STAGE_SECONDS}_count", ModelName=name(fmt), stage="inference")

@@ -36,10 +36,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" $img.repository (ternary $img.gpuTag $img.tag .ctx.Values.gpu.enabled) -}}
 {{- end -}}
 
-{{/* Port where a runtime serves Prometheus text: TorchServe's metrics listener, or the
-     KServe-native runtime's HTTP port (/metrics beside the inference API). */}}
+{{/* Port where a runtime serves Prometheus text, apart from its inference ports on both. */}}
 {{- define "ic.metricsPort" -}}
-{{- if eq .runtime "torchserve" -}}{{ .ctx.Values.ports.torchserve.metrics }}{{- else -}}{{ .ctx.Values.ports.kserveNative.http }}{{- end -}}
+{{- if eq .runtime "torchserve" -}}{{ .ctx.Values.ports.torchserve.metrics }}{{- else -}}{{ .ctx.Values.ports.kserveNative.metrics }}{{- end -}}
 {{- end -}}
 
 {{/* Port where Prometheus scrapes a model pod: the runtime's metrics port; in Knative mode
