@@ -66,7 +66,7 @@ predict: setup  ## top-k for IMAGE=path through the running server
 	@test -n "$(IMAGE)" || { echo "usage: make predict IMAGE=path/to/image [MODEL=$(MODEL)]" >&2; exit 2; }
 	$(PY) -m scripts.client.predict --model $(MODEL) $(IMAGE)
 
-ui: setup $(CONFIG)  ## the try-it page on 127.0.0.1:8090 for `make serve`'s models (UI_ARGS="--api URL")
+ui: setup $(CONFIG)  ## the try-it page on 127.0.0.1:8090 for `make serve`'s models (UI_ARGS="--api URL [--protocol v1]")
 	@echo "ui: the page calls the TorchServe of 'make serve' (start it first); Ctrl-C stops the page"
 	$(PY) -m scripts.ui.server --store $(STORE) $(UI_ARGS)
 

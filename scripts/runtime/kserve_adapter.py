@@ -20,6 +20,7 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
 from prometheus_client import start_http_server
+from starlette.middleware.cors import CORSMiddleware
 from timing_asgi import TimingMiddleware
 
 from handlers.auth import TokenFile
@@ -53,9 +54,9 @@ PRIVATE_NAMES = {
 
 class BoundRESTServer(RESTServer):
     def __init__(self, host: str, *args, limits: RequestLimits | None = None, tokens: TokenFile | None = None,
-                 tracer: Tracer | None = None, **kwargs):
+                 tracer: Tracer | None = None, cors_origin: str | None = None, **kwargs):
         self.limits = limits or RequestLimits()  # create_application (in super().__init__) reads these
-        self.tokens, self.tracer = tokens, tracer
+        self.tokens, self.tracer, self.cors_origin = tokens, tracer, cors_origin
         super().__init__(*args, **kwargs)
         self.config.host = host  # kserve 0.21 hard-codes 0.0.0.0; uvicorn reads it at start-up
 
@@ -83,6 +84,10 @@ class BoundRESTServer(RESTServer):
         if self.tracer is not None:
             model_server.app.add_middleware(TraceRequests, tracer=self.tracer, metrics_of=metrics_lookup(models))
         model_server.app.add_middleware(RequestMetrics, metrics_of=metrics_lookup(models))
+        if self.cors_origin:  # outermost: answers the browser's preflight, which carries no token
+            model_server.app.add_middleware(CORSMiddleware, allow_origins=[self.cors_origin],
+                                            allow_methods=["GET", "POST", "OPTIONS"],
+                                            allow_headers=["Content-Type", "Authorization"])
         for path in ("/v2/models/{model_name}/config", "/v2/models/{model_name}/versions/{model_version}/config"):
             model_server.app.add_api_route(path, model_config_unsupported, methods=["GET"])
 
@@ -176,9 +181,10 @@ class BoundModelServer(ModelServer):
     setting for it. A pod passes --host 0.0.0.0; tests and laptops stay on loopback."""
 
     def __init__(self, host: str, limits: RequestLimits | None = None, tokens: TokenFile | None = None,
-                 tracer: Tracer | None = None, metrics_port: int | None = None, **kwargs):
+                 tracer: Tracer | None = None, metrics_port: int | None = None, cors_origin: str | None = None,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.host = host
+        self.host, self.cors_origin = host, cors_origin  # cors_origin: the try-it page's, allowed to call
         self.metrics_port = metrics_port  # None: no /metrics listener (kserve's route is removed either way)
         self.limits = limits or RequestLimits()
         self.tokens = tokens  # None: no authentication
@@ -195,7 +201,7 @@ class BoundModelServer(ModelServer):
             self.host, FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
             self.http_port, access_log_format=self.access_log_format, grace_period=self.grace_period,
             event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive, limits=self.limits,
-            tokens=self.tokens, tracer=self.tracer)
+            tokens=self.tokens, tracer=self.tracer, cors_origin=self.cors_origin)
         self._grpc_server = BoundGRPCServer(
             self.host, self.grpc_port, self.dataplane, self.model_repository_extension,
             kwargs=vars(model_server.args), grace_period=self.grace_period, limits=self.limits, tokens=self.tokens,

@@ -11,7 +11,8 @@ namespace alone, and it never needs a token). kserve's own flags (e.g. `--enable
 come from its parser, a parent of ours. Request limits (body size, images per request, queue,
 requests at once, body timeout) come from the SERVE_* environment (handlers/settings.py
 RequestLimits), as the chart's `limits` sets them; SERVE_TOKEN_FILE turns on bearer-token
-authentication (handlers/auth.py; the chart's `auth`). The standard OTEL_* environment turns on
+authentication (handlers/auth.py; the chart's `auth`); SERVE_CORS_ORIGIN (default: the try-it page's
+local origin) is the one browser origin allowed to call it. The standard OTEL_* environment turns on
 OpenTelemetry traces (scripts/runtime/tracing.py; the chart's `tracing`), off by default.
 """
 from __future__ import annotations
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                      "the gRPC message limit is SERVE_MAX_REQUEST_BYTES)")
     try:
         limits, auth = RequestLimits.from_env(), AuthSettings.from_env()
+        cors_origin = ServingSettings.from_env().allowed_origin  # the try-it page's (SERVE_CORS_ORIGIN)
         tracer = Tracer.from_env()
     except (SettingsError, TracingError) as e:
         print(f"kserve runtime: error: {e}", file=sys.stderr)
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens = TokenFile(auth.token_file) if auth.token_file else None
         try:
             BoundModelServer(args.host, limits=limits, tokens=tokens, tracer=tracer, metrics_port=args.metrics_port,
-                             http_port=args.http_port, grpc_port=args.grpc_port,
+                             cors_origin=cors_origin, http_port=args.http_port, grpc_port=args.grpc_port,
                              enable_latency_logging=latency_log).start(models)
         finally:
             if tracer is not None:

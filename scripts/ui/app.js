@@ -1,16 +1,21 @@
-// Try-it page: sends the chosen image's bytes to TorchServe's inference API
-// (POST {api}/predictions/<model>) and shows the top-k it answers, best first.
-// config.json (written by scripts/ui/server.py) names the API and the served models.
+// Try-it page: sends the chosen image to the inference API and shows the top-k it answers,
+// best first: TorchServe's POST {api}/predictions/<model> (the image's bytes), or KServe v1's
+// POST {api}/v1/models/<model>:predict (the image as one base64 instance), which the
+// KServe-native runtime serves. A token typed into the page goes as Authorization: Bearer.
+// config.json (written by scripts/ui/server.py) names the API, its protocol and the models.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const els = {
-  api: $("api"), model: $("model"), file: $("file"), drop: $("drop"),
+  api: $("api"), server: $("server"), model: $("model"), token: $("token"), file: $("file"), drop: $("drop"),
   previewFigure: $("preview-figure"), preview: $("preview"), caption: $("preview-caption"),
   status: $("status"), error: $("error"), topk: $("topk"), latency: $("latency"),
 };
 
 let api = "";
+let protocol = "torchserve";
+const SERVERS = { torchserve: "TorchServe", v1: "the KServe-native runtime (KServe v1)" };
+const TOKEN_KEY = "image-classifier-token";  // sessionStorage: this tab only, gone when it closes
 let currentFile = null;
 let previewUrl = null;
 let inFlight = null;    // AbortController of the request being answered
@@ -48,7 +53,9 @@ async function loadConfig() {
     const config = await res.json();
     if (!res.ok) throw new Error(config.error || `HTTP ${res.status}`);
     api = String(config.api).replace(/\/+$/, "");
+    protocol = config.protocol === "v1" ? "v1" : "torchserve";
     els.api.textContent = api;
+    els.server.textContent = SERVERS[protocol];
     const models = Array.isArray(config.models) ? config.models : [];
     els.model.replaceChildren(...models.map((name) => new Option(name, name)));
     if (!models.length) throw new Error("the server's config lists no models");
@@ -116,6 +123,32 @@ function errorMessage(status, statusText, text) {
   return `The server refused the image (HTTP ${status}): ${detail}`;
 }
 
+async function base64Of(file) {
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(text);
+}
+
+// The request for the chosen protocol, and how to read the top-k out of its answer.
+async function inferenceRequest(model, file) {
+  const token = els.token.value.trim();
+  const auth = token ? { Authorization: `Bearer ${token}` } : {};
+  if (protocol === "v1") {
+    return {
+      url: `${api}/v1/models/${encodeURIComponent(model)}:predict`,
+      init: { method: "POST", headers: { "Content-Type": "application/json", ...auth },
+              body: JSON.stringify({ instances: [{ b64: await base64Of(file) }] }) },
+      topk: (answer) => answer.predictions[0],
+    };
+  }
+  return {
+    url: `${api}/predictions/${encodeURIComponent(model)}`,
+    init: { method: "POST", body: file, headers: { "Content-Type": "application/octet-stream", ...auth } },
+    topk: (answer) => answer,
+  };
+}
+
 async function predict() {
   if (!currentFile || !api) return;
   if (inFlight) inFlight.abort();
@@ -123,34 +156,40 @@ async function predict() {
   inFlight = controller;
   const seq = ++requestSeq;
   const model = els.model.value;
-  const url = `${api}/predictions/${encodeURIComponent(model)}`;
   showError("");
   clearResults();
   setStatus(`Asking ${model}…`);
+  let request;
+  try {
+    request = await inferenceRequest(model, currentFile);  // v1: the file read as base64 first
+  } catch (e) {
+    if (seq === requestSeq) showError(`Could not read ${currentFile.name}: ${e.message}`);
+    return;
+  }
+  if (seq !== requestSeq) return;
+  const url = request.url;
   const started = performance.now();
   try {
-    const res = await fetch(url, {
-      method: "POST", body: currentFile, signal: controller.signal,
-      headers: { "Content-Type": "application/octet-stream" },
-    });
+    const res = await fetch(url, { ...request.init, signal: controller.signal });
     const text = await res.text();
     const elapsed = performance.now() - started;
     if (seq !== requestSeq) return;
     els.latency.textContent = `Latency: ${formatMs(elapsed)} ms (request sent → full response, measured in this browser)`;
     if (!res.ok) {
-      setStatus(`${model} did not classify ${currentFile.name}.`);
+      setStatus(res.status === 401 ? "The server asks for a bearer token: type it in the field above."
+                                   : `${model} did not classify ${currentFile.name}.`);
       showError(errorMessage(res.status, res.statusText, text));
       return;
     }
-    const topk = JSON.parse(text);
+    const topk = request.topk(JSON.parse(text));
     renderTopk(topk);
     const best = Object.keys(topk)[0];
     setStatus(best === undefined ? "The model answered with no labels." : `${model}: most likely “${best}”.`);
   } catch (e) {
     if (e.name === "AbortError" || seq !== requestSeq) return;
     setStatus("No answer from the inference API.");
-    showError(`Could not reach ${url} (${e.message}). Is TorchServe running (make serve), and does ` +
-              `it allow this page's origin ${location.origin} (SERVE_CORS_ORIGIN)?`);
+    showError(`Could not reach ${url} (${e.message}). Is ${SERVERS[protocol]} running (make serve, ` +
+              `make kserve), and does it allow this page's origin ${location.origin} (SERVE_CORS_ORIGIN)?`);
   } finally {
     if (inFlight === controller) inFlight = null;
   }
@@ -168,6 +207,11 @@ els.file.addEventListener("change", () => {
   els.file.value = "";  // choosing the same file again still triggers a prediction
 });
 els.model.addEventListener("change", predict);
+els.token.value = sessionStorage.getItem(TOKEN_KEY) || "";
+els.token.addEventListener("change", () => {
+  sessionStorage.setItem(TOKEN_KEY, els.token.value.trim());
+  predict();  // the image chosen before the token was typed: ask again
+});
 
 // Drag and drop: the zone lights up; a drop anywhere else must not navigate away from the page.
 for (const type of ["dragenter", "dragover"]) {

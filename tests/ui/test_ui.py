@@ -1,5 +1,6 @@
 """The try-it page in a real browser (Debian's chromium driven by Playwright) against a real
-TorchServe serving the real `.mar`, with the page served by `python -m scripts.ui.server`.
+TorchServe serving the real `.mar`, and against the KServe-native runtime over KServe v1 with
+bearer tokens, with the page served by `python -m scripts.ui.server`.
 
 This module starts its own TorchServe: the page's origin (127.0.0.1:<ui_port>) must be the one
 TorchServe allows, and the session fixture's settings keep the default ui_port 8090, which a
@@ -27,6 +28,8 @@ from playwright.sync_api import Page, expect, sync_playwright
 from scripts.ui import server as ui_server
 from scripts.serve.process import ServerProcess
 from handlers.settings import ServingSettings
+from handlers.auth import bearer
+from scripts.serve.kserve_native import KServeRuntime
 from scripts.serve.torchserve import TorchServe, snapshot_models
 from scripts.serve.process import free_ports
 from scripts.serve.settings import loopback_settings
@@ -262,6 +265,85 @@ def test_page_shows_the_servers_error_for_a_non_image(page, page_server, ui_torc
     assert_only_own_origins(page, page_server.url, settings.inference_url)
 
 
+# --- the page against the KServe-native runtime, KServe v1, with a bearer token -------------------
+
+TOKEN = "page-token-5d1e"
+
+
+@pytest.fixture(scope="module")
+def guarded_runtime(store, tmp_path_factory):
+    """The runtime asking for TOKEN and allowing the origin of a page on a port of its own."""
+    run = tmp_path_factory.mktemp("ui-kserve")
+    (run / "tokens").write_text(TOKEN + "\n")
+    ui_port = free_ports(1)[0]
+    rt = KServeRuntime(store / "model-store", run, *free_ports(2), extra_env={
+        "SERVE_TOKEN_FILE": str(run / "tokens"), "SERVE_CORS_ORIGIN": f"http://127.0.0.1:{ui_port}"}).start()
+    yield rt, ui_port
+    rt.stop()
+
+
+@pytest.fixture(scope="module")
+def v1_page_server(store, guarded_runtime, ui_settings, tmp_path_factory):
+    rt, ui_port = guarded_runtime
+    log = tmp_path_factory.mktemp("ui-server-v1") / "ui_server.out"
+    env = serve_env(dataclasses.replace(ui_settings, ui_port=ui_port, cors_origin=""))
+    server = UiServer(["--store", str(store), "--api", rt.url, "--protocol", "v1"], env, log).start(timeout=90)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_page_asks_for_the_token_then_shows_the_runtimes_top_k(page, v1_page_server, guarded_runtime, samples,
+                                                                artifacts):
+    rt, _ = guarded_runtime
+    out_dir, listed = samples
+    image = out_dir / listed[0]["file"]
+    body = {"instances": [{"b64": base64.b64encode(image.read_bytes()).decode()}]}
+    v1 = f"{rt.url}/v1/models/{MODEL_NAME}:predict"
+    refused = requests.post(v1, json=body, timeout=60)
+    assert refused.status_code == 401
+    expected = requests.post(v1, json=body, headers=bearer(TOKEN), timeout=60).json()["predictions"][0]
+
+    page.goto(v1_page_server.url + "/")
+    expect(page.locator("#server")).to_have_text("the KServe-native runtime (KServe v1)")
+    expect(page.locator("#api")).to_have_text(rt.url)
+    expect(page.get_by_label("Model")).to_be_enabled()
+    page.get_by_label("Model").select_option(MODEL_NAME)
+    page.get_by_label("Choose an image").set_input_files(image)
+    alert = page.get_by_role("alert")
+    expect(alert).to_be_visible(timeout=WAIT_MS)
+    expect(alert).to_contain_text(f"(HTTP 401): {refused.json()['error']}")
+    expect(page.get_by_role("status")).to_contain_text("asks for a bearer token")
+    screenshot(page, "ui-v1-token-missing.png", artifacts)
+
+    token = page.get_by_label("Bearer token")
+    token.fill(TOKEN)
+    token.press("Tab")  # the change event: the same image is asked about again, with the token
+    expect(page.locator("#topk li")).to_have_count(len(expected), timeout=WAIT_MS)
+    assert page.locator("#topk .label").all_inner_texts() == list(expected)
+    expect(alert).to_be_hidden()
+    screenshot(page, "ui-v1.png", artifacts)
+
+    page.reload()  # the token stays with the tab (sessionStorage), not in any URL or cookie
+    expect(page.get_by_label("Bearer token")).to_have_value(TOKEN)
+    assert page.errors == []
+    assert_only_own_origins(page, v1_page_server.url, rt.url)
+
+
+def test_the_runtime_answers_only_the_allowed_origins_preflight(guarded_runtime):
+    """The browser's preflight carries no token: the runtime's CORS answers it before
+    authentication, for the page's origin only."""
+    rt, ui_port = guarded_runtime
+    asked = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    v1 = f"{rt.url}/v1/models/{MODEL_NAME}:predict"
+    ok = requests.options(v1, headers={"Origin": f"http://127.0.0.1:{ui_port}", **asked}, timeout=10)
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == f"http://127.0.0.1:{ui_port}"
+    assert "authorization" in ok.headers["access-control-allow-headers"].lower()
+    other = requests.options(v1, headers={"Origin": "http://evil.example", **asked}, timeout=10)
+    assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+
+
 # --- the CLI on its own (no TorchServe needed) --------------------------------------------------
 
 def write_store(root: Path, models: dict[str, list[str]]) -> Path:
@@ -282,7 +364,7 @@ def test_cli_lists_every_model_points_at_api_and_stops_on_ctrl_c(browser, tmp_pa
     server = UiServer(["--store", str(store), "--api", api + "/"], env, tmp_path / "ui.out").start(timeout=90)
     try:
         config = requests.get(f"{server.url}/config.json", timeout=5)
-        assert config.json() == {"api": api, "models": ["fashion-mnist", "imagenet"]}
+        assert config.json() == {"api": api, "protocol": "torchserve", "models": ["fashion-mnist", "imagenet"]}
         assert f"connect-src 'self' {api};" in config.headers["content-security-policy"]
         assert requests.get(f"{server.url}/", timeout=5).headers["content-type"].startswith("text/html")
         assert requests.get(f"{server.url}/nope.js", timeout=5).status_code == 404
@@ -322,3 +404,6 @@ def test_cli_fails_clearly_without_a_store_or_a_free_port(tmp_path, monkeypatch,
     assert "SERVE_UI_PORT" in capsys.readouterr().err
     assert ui_server.main(["--store", str(store), "--api", "cluster.example:8080"]) == 1
     assert "not an http(s) URL" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        ui_server.main(["--store", str(store), "--protocol", "grpc"])
+    assert stopped.value.code == 2 and "invalid choice: 'grpc'" in capsys.readouterr().err
