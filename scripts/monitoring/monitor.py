@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 
 from scripts.monitoring import dashboard, load, names, render, rules
-from scripts.monitoring.prometheus import Prometheus, sample_total, write_config
+from scripts.monitoring.prometheus import Prometheus, job_name, sample_total, write_config
 from handlers.settings import ServingSettings
 from scripts.serve.settings import DEFAULT_MODEL
 from scripts.serve.torchserve import TorchServe
@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                               models=served_models(settings))
         prom = Prometheus(work / "prometheus", config, free_port()).start(timeout=60)
         print(f"monitor: Prometheus {prom.url} (config {config}, storage {prom.run_dir / 'tsdb'})")
+        # the load only after a first scrape: a short load that ends before it leaves every rate at
+        # zero (the heatmap shows exactly that: nothing)
+        prom.wait_for(f'up{{job="{job_name(dashboard.TORCHSERVE)}"}} == 1', timeout=30)
         images = sample_images(args.data_dir, work / "samples")
         start = time.time()
         result = load.run_load(settings.inference_url, args.model, images, args.requests, args.seconds,

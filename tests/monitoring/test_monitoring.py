@@ -274,7 +274,7 @@ def test_make_monitor_renders_every_panel_from_live_data(torchserve, data_dir, t
     assert len(gpu) == 1
     has_gpu = shutil.which("nvidia-smi") is not None
     empty = [title for title, n in drawn.items() if int(n) == 0 and (has_gpu or title not in gpu)]
-    assert not empty, empty
+    assert not empty, (empty, printed)
     # the request histogram against the load generator: each round trip holds the server's time,
     # so Prometheus' percentile lies at most one bucket above the client's (on a quiet machine
     # within one bucket of it; a busy one slows the client's side, not the server's); p50 lies off
