@@ -17,6 +17,8 @@ import signal
 import time
 from pathlib import Path
 
+import requests
+
 from scripts.serve.kserve_native import KServeRuntime
 from scripts.serve.process import free_ports
 from scripts.serve.settings import ModelServingSettings
@@ -93,8 +95,6 @@ class TorchServeUnderTest(ServerUnderTest):
         """Register the new version, make it the default, unregister the old one. naive=True: a
         synchronous registration and an immediate unregister (what the docs suggest), measured to
         show why the suite's procedure (scripts/serve/torchserve.py) drains first."""
-        import requests
-
         old, new = self.version, self.next_version()
         mgmt, steps = self.ts.settings.management_url, {}
         t = time.perf_counter()
@@ -165,7 +165,7 @@ class KServeNativeUnderTest(ServerUnderTest):
         t = time.perf_counter()
         new = self._runtime(self.next_version()).start(timeout=self.start_timeout_s)
         steps["start_new"] = round(time.perf_counter() - t, 2)
-        self.runtime_process = new  # the endpoint moves: new requests go to version 2
+        self.runtime_process = new  # the endpoint moves: new requests go to the new version
         switched = time.perf_counter()
         time.sleep(1.0)  # the endpoint change reaching every client (a preStop hook's sleep in a pod)
         t = time.perf_counter()
