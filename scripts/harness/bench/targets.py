@@ -107,14 +107,14 @@ class HTTPPost:
     """POST a prepared body per image over one keep-alive connection."""
 
     def __init__(self, host: str, port: int, path: str, bodies: list[bytes], content_type: list[str] | str,
-                 parse: Callable[[bytes], str] = lambda b: top1(json.loads(b))):
+                 parse: Callable[[bytes], str] = lambda b: top1(json.loads(b)), headers: dict[str, str] | None = None):
         self.conn = http.client.HTTPConnection(host, port, timeout=30)
-        self.path, self.bodies, self.parse = path, bodies, parse
+        self.path, self.bodies, self.parse, self.headers = path, bodies, parse, dict(headers or {})
         self.types = content_type if isinstance(content_type, list) else [content_type] * len(bodies)
 
     def __call__(self, i: int) -> str:
         try:
-            self.conn.request("POST", self.path, self.bodies[i], {"Content-Type": self.types[i]})
+            self.conn.request("POST", self.path, self.bodies[i], {"Content-Type": self.types[i], **self.headers})
             r = self.conn.getresponse()
             body = r.read()
         except (OSError, http.client.HTTPException):
@@ -142,10 +142,12 @@ def torchserve_rest_client(ts: TorchServe, model: str, images: list[bytes]) -> C
     return lambda: HTTPPost(s.host, s.inference_port, f"/predictions/{model}", images, "image/png")
 
 
-def kserve_rest_client(rt: KServeRuntime, model: str, images: list[bytes]) -> Client:
+def kserve_rest_client(rt: KServeRuntime, model: str, images: list[bytes],
+                       headers: dict[str, str] | None = None) -> Client:
     """Raw image bytes on the v1 route (an image content type): the runtime reads them as
-    TorchServe's native protocol."""
-    return lambda: HTTPPost(rt.host, rt.http_port, f"/v1/models/{model}:predict", images, "image/png")
+    TorchServe's native protocol. `headers`: sent with each request (e.g. Authorization)."""
+    return lambda: HTTPPost(rt.host, rt.http_port, f"/v1/models/{model}:predict", images, "image/png",
+                            headers=headers)
 
 
 def torchserve_grpc_client(ts: TorchServe, model: str, images: list[bytes]) -> Client:
