@@ -185,7 +185,7 @@ class BoundModelServer(ModelServer):
                  **kwargs):
         super().__init__(**kwargs)
         self.host, self.cors_origin = host, cors_origin  # cors_origin: the try-it page's, allowed to call
-        self.metrics_port = metrics_port  # None: no /metrics listener (kserve's route is removed either way)
+        self.metrics_port = metrics_port  # None: no /metrics listener (the HTTP port's answers 404 either way)
         self.limits = limits or RequestLimits()
         self.tokens = tokens  # None: no authentication
         self.tracer = tracer  # None: no spans

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 
 from scripts.harness import reliability
@@ -32,9 +32,9 @@ def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     rs = ReliabilitySettings.quick() if args.quick else ReliabilitySettings()
     if args.load_seconds:
-        rs = ReliabilitySettings(**{**asdict(rs), "load_seconds": args.load_seconds})
+        rs = replace(rs, load_seconds=args.load_seconds)
     if args.runtime:
-        rs = ReliabilitySettings(**{**asdict(rs), "runtimes": tuple(dict.fromkeys(args.runtime))})
+        rs = replace(rs, runtimes=tuple(dict.fromkeys(args.runtime)))
     if not args.checkpoint.exists():
         print(f"reliability: error: no checkpoint {args.checkpoint} (make train)", file=sys.stderr)
         return 2
