@@ -14,6 +14,9 @@ class ReliabilitySettings:
     model: str = DEFAULT_MODEL
     runtimes: tuple[str, ...] = RUNTIMES  # each scenario runs on each, in this order
     job_queue_size: int = 32  # ≥ load concurrency (no 503 under held load), ≪ overload burst
+    # KServe-native: requests in the server at once; above the 16 clients of held load and the bad
+    # inputs' mixed phase, below the queue: at 32 a burst of 120 once passed without a 503
+    kserve_max_inflight: int = 24
     request_timeout_s: float = 60.0  # > worker restart time: queued requests wait for the new worker
     match_tolerance: float = 1e-4  # batched vs single forward passes differ by float noise
     # held load

@@ -144,10 +144,10 @@ def start_server(runtime: str, store: Store, out: Path, rs: ReliabilitySettings,
         ts.start(timeout=180)
         return TorchServeUnderTest(ts, rs.model, mars, model_settings)
     stores = kserve_stores(store.root / "model-store", mars, out)
-    # TorchServe's job_queue_size bounds what waits; here requests in the server and in the queue
-    small = str(rs.job_queue_size)
+    # TorchServe's job_queue_size bounds what waits; here the queue, and the requests in the server
     return KServeNativeUnderTest(stores, out / "run-kserve", rs.model,
-                                 {"SERVE_QUEUE_SIZE": small, "SERVE_MAX_INFLIGHT": small}).start()
+                                 {"SERVE_QUEUE_SIZE": str(rs.job_queue_size),
+                                  "SERVE_MAX_INFLIGHT": str(rs.kserve_max_inflight)}).start()
 
 
 def scenarios(server: ServerUnderTest, cases, work: Workload, reference: Reference, rs: ReliabilitySettings,
