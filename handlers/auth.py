@@ -13,10 +13,14 @@ import os
 import threading
 from pathlib import Path
 
+from handlers.errors import Unauthenticated
+
 log = logging.getLogger(__name__)
 
 SCHEME = "Bearer"
 TOKEN_ENV = "SERVE_TOKEN"  # what the clients send when no --token is given
+REST_HOW = "Authorization: Bearer <token>"  # where a token goes, as the refusals say
+GRPC_HOW = "metadata authorization: Bearer <token>"
 
 
 class TokenFile:
@@ -70,6 +74,17 @@ class TokenFile:
         for accepted in self.tokens():
             matched |= hmac.compare_digest(token, accepted)  # every token compared: no early exit
         return matched
+
+
+def refusal(given, how: str) -> Unauthenticated:
+    """The error for a missing (None) or unaccepted token; `how` says where the token goes."""
+    return Unauthenticated(f"a bearer token is required ({how})" if given is None
+                           else "the bearer token is not accepted")
+
+
+def challenge(given) -> str:
+    """WWW-Authenticate of a REST 401 (RFC 6750: invalid_token once a token was sent)."""
+    return f'{SCHEME} realm="image-classifier"' + (', error="invalid_token"' if given else "")
 
 
 def bearer(token: str | None) -> dict[str, str]:

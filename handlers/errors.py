@@ -64,3 +64,9 @@ class Unauthenticated(InputError):
     """No bearer token, or one the server does not accept (REST 401, gRPC UNAUTHENTICATED)."""
     reason = "unauthenticated"
     status = 401
+
+
+class Unavailable(InputError):
+    """The server behind a proxy does not answer (starting or restarting): retry after Retry-After."""
+    reason = "unavailable"
+    status = 503

@@ -8,6 +8,10 @@ TorchServe's exit status (128 + N where a signal N ended it); SIGTERM and SIGINT
     python -m handlers.exporter --listen 0.0.0.0:8082 --frontend-port 8092 \\
         --config /mnt/models/config/config.properties -- torchserve --start --foreground ...
 
+With a token file (--token-file, or SERVE_TOKEN_FILE as the chart sets it) it also holds the pod's
+inference ports (--inference-listen, --grpc-listen) and authenticates every call there before
+TorchServe, whose own inference listeners must then be on loopback (handlers/auth_proxy.py).
+
 The access log times a request in whole milliseconds, from its arrival at the frontend to its
 answer. A gRPC line names the method but not the model: it is counted only where the server has
 one model (a KServe predictor), and skipped otherwise.
@@ -29,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from handlers import metrics as hm
+from handlers.settings import AuthSettings
 
 ACCESS_LOG_NAME = "access_log.log"  # in LOG_LOCATION (TorchServe's log4j2.xml)
 # `<time> - /<peer> "<method> <path> <proto>" <status> <ms>`; gRPC lines: method "gRPC", the
@@ -36,9 +41,11 @@ ACCESS_LOG_NAME = "access_log.log"  # in LOG_LOCATION (TorchServe's log4j2.xml)
 ACCESS_LINE = re.compile(r'"(?P<method>\S+) (?P<path>\S+) \S+" (?P<status>\d+) (?P<ms>\d+)\s*$')
 REST_INFER = re.compile(r"^/(?:predictions/(?P<ts>[^/?]+)(?:/[^/?]+)?|v1/models/(?P<v1>[^/:?]+)(?:/versions/[^/:?]+)?:predict"
                         r"|v2/models/(?P<v2>[^/?]+)(?:/versions/[^/?]+)?/infer)(?:\?.*)?$")
-GRPC_INFER = frozenset({"org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions",
-                        "org.pytorch.serve.grpc.inference.InferenceAPIsService/StreamPredictions",
-                        "org.pytorch.serve.grpc.openinference.GRPCInferenceService/ModelInfer"})
+TS_GRPC = "org.pytorch.serve.grpc.inference.InferenceAPIsService"
+TS_OIP_GRPC = "org.pytorch.serve.grpc.openinference.GRPCInferenceService"
+GRPC_INFER = frozenset({f"{TS_GRPC}/Predictions", f"{TS_GRPC}/StreamPredictions", f"{TS_OIP_GRPC}/ModelInfer"})
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+TS_DEFAULT_MAX_REQUEST_SIZE = 6553500  # TorchServe's own default
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -49,6 +56,50 @@ def snapshot(config: Path) -> dict[str, dict[str, dict]]:
         if line.startswith("model_snapshot="):
             return json.loads(line.split("=", 1)[1])["models"]
     raise ValueError(f"{config} has no model_snapshot line")
+
+
+def torchserve_setting(name: str, config: Path, env=os.environ) -> str | None:
+    """A setting as TorchServe reads it: TS_<NAME> (our config.properties sets
+    enable_envvars_config=true) over the config.properties line."""
+    if f"TS_{name.upper()}" in env:
+        return env[f"TS_{name.upper()}"]
+    for line in Path(config).read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == name:
+            return value.strip()
+    return None
+
+
+def proxied_upstream(config: Path, env=os.environ):
+    """Where the authenticating proxy forwards to: TorchServe's own inference listeners, which must
+    be on loopback (anywhere else a caller could go around the token check)."""
+    from urllib.parse import urlsplit
+
+    from handlers.auth_proxy import Upstream
+    from handlers.settings import RequestLimits
+
+    rest = torchserve_setting("inference_address", config, env)
+    grpc_host = torchserve_setting("grpc_inference_address", config, env)
+    grpc_port = torchserve_setting("grpc_inference_port", config, env)
+    if not (rest and grpc_host and grpc_port):
+        raise SystemExit("exporter: error: authentication needs TorchServe's inference_address, grpc_inference_address "
+                         "and grpc_inference_port (TS_* variables or config.properties)")
+    for what, host in (("inference_address", urlsplit(rest).hostname or ""), ("grpc_inference_address", grpc_host)):
+        if host not in LOOPBACK:
+            raise SystemExit(f"exporter: error: TorchServe's {what} is on {host}, not loopback: callers could reach it "
+                             "without a token (the chart moves it to loopback when auth.enabled)")
+    cors = torchserve_setting("cors_allowed_origin", config, env)
+    return Upstream(rest_url=rest.rstrip("/"), grpc_target=f"{grpc_host}:{grpc_port}",
+                    max_request_bytes=int(torchserve_setting("max_request_size", config, env) or TS_DEFAULT_MAX_REQUEST_SIZE),
+                    body_timeout_s=RequestLimits.from_env(env).body_timeout_s,
+                    cors_origin=None if cors in (None, "", "*") else cors)
+
+
+def host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def default_versions(config: Path) -> dict[str, str]:
@@ -168,10 +219,21 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     ap.add_argument("--multiproc-dir", type=Path, help="the workers' metric files (default: a folder in TMPDIR)")
     ap.add_argument("--log-location", type=Path, default=Path(os.environ.get("LOG_LOCATION", "logs")),
                     help="TorchServe's LOG_LOCATION, where its access log is written")
+    auth = ap.add_argument_group("authentication (handlers/auth_proxy.py)")
+    auth.add_argument("--token-file", default=AuthSettings.from_env().token_file or None,
+                      help="accepted bearer tokens, one per line (default: $SERVE_TOKEN_FILE); none: no authentication")
+    auth.add_argument("--inference-listen", type=host_port, metavar="HOST:PORT",
+                      help="the pod's REST inference port, authenticated and forwarded to TorchServe's inference_address")
+    auth.add_argument("--grpc-listen", type=host_port, metavar="HOST:PORT",
+                      help="the pod's gRPC inference port, forwarded to grpc_inference_address:grpc_inference_port")
     args = ap.parse_args(argv[:split])
     command = argv[split + 1:]
     if not command:
         ap.error("give TorchServe's command after --")
+    if args.token_file and not (args.inference_listen and args.grpc_listen):
+        ap.error("a token file needs --inference-listen and --grpc-listen: the ports where callers are authenticated")
+    if (args.inference_listen or args.grpc_listen) and not args.token_file:
+        ap.error("--inference-listen and --grpc-listen authenticate callers: give --token-file (or SERVE_TOKEN_FILE)")
     return args, command
 
 
@@ -187,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=access_log.follow, args=(stop,), name="access-log", daemon=True).start()
     server = serve(Exporter(f"http://127.0.0.1:{args.frontend_port}/metrics", multiproc),
                    host.strip("[]") or "0.0.0.0", int(port))
+    proxy = None
+    if args.token_file:
+        from handlers.auth import TokenFile
+        from handlers.auth_proxy import AuthProxy
+
+        proxy = AuthProxy(proxied_upstream(args.config), TokenFile(args.token_file),
+                          args.inference_listen, args.grpc_listen).start()
     # the workers import only their archive: nothing from this process's PYTHONPATH
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TS_METRICS_ADDRESS"] = f"http://127.0.0.1:{args.frontend_port}"
@@ -196,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     code = child.wait()
     stop.set()
     server.shutdown()
+    if proxy is not None:
+        proxy.stop()
     return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell or tini reports it
 
 

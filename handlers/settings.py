@@ -95,6 +95,10 @@ class ServingSettings:
     frontend_metrics_port: int = PORT(8092)  # TorchServe's frontend's own, on loopback
     grpc_inference_port: int = PORT(7070)
     grpc_management_port: int = PORT(7071)
+    # TorchServe's own inference listeners, on loopback, when the exporter authenticates callers on
+    # inference_port and grpc_inference_port (handlers/auth_proxy.py)
+    inference_upstream_port: int = PORT(8093)
+    grpc_inference_upstream_port: int = PORT(7072)
     ui_port: int = PORT(8090)
     kserve_http_port: int = PORT(8085)  # KServe-native runtime: v1/v2 REST and the probes
     kserve_grpc_port: int = PORT(8086)  # KServe-native runtime: OIP gRPC
@@ -128,26 +132,28 @@ class ServingSettings:
     def allowed_origin(self) -> str:
         return self.cors_origin or self.ui_url
 
-    def torchserve_properties(self) -> dict[str, str]:
+    def torchserve_properties(self, authenticated: bool = False) -> dict[str, str]:
         """Listener lines of config.properties. With enable_envvars_config=true TorchServe also
-        reads each as TS_<NAME> from the environment (see `torchserve_env`)."""
+        reads each as TS_<NAME> from the environment (see `torchserve_env`). `authenticated`:
+        the exporter holds the inference ports and TorchServe's own listeners are on loopback."""
         return {
-            "inference_address": self.inference_url,
+            "inference_address": (f"http://127.0.0.1:{self.inference_upstream_port}" if authenticated
+                                  else self.inference_url),
             "management_address": self.management_url,
             # the exporter serves metrics_port and reads the frontend's on loopback
             "metrics_address": f"http://127.0.0.1:{self.frontend_metrics_port}",
-            "grpc_inference_address": self.host,
-            "grpc_inference_port": str(self.grpc_inference_port),
+            "grpc_inference_address": "127.0.0.1" if authenticated else self.host,
+            "grpc_inference_port": str(self.grpc_inference_upstream_port if authenticated else self.grpc_inference_port),
             "grpc_management_address": self.host,
             "grpc_management_port": str(self.grpc_management_port),
             # Browsers may call the inference API only from the try-it page's origin.
             "cors_allowed_origin": self.allowed_origin,
             "cors_allowed_methods": "GET, POST, OPTIONS",
-            "cors_allowed_headers": "Content-Type",
+            "cors_allowed_headers": "Content-Type, Authorization",  # the page's token field
         }
 
-    def torchserve_env(self) -> dict[str, str]:
-        return {f"TS_{k.upper()}": v for k, v in self.torchserve_properties().items()}
+    def torchserve_env(self, authenticated: bool = False) -> dict[str, str]:
+        return {f"TS_{k.upper()}": v for k, v in self.torchserve_properties(authenticated).items()}
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from grpc import StatusCode, aio, unary_unary_rpc_method_handler
 from kserve.errors import InvalidInput
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 
-from handlers.auth import SCHEME, TokenFile
+from handlers.auth import GRPC_HOW, REST_HOW, TokenFile, challenge, refusal
 from handlers.metrics import PrometheusMetrics, grpc_http_status
-from handlers.errors import InputError, MalformedRequest, Overloaded, RequestTimeout, RequestTooLarge, Unauthenticated
+from handlers.errors import InputError, MalformedRequest, Overloaded, RequestTimeout, RequestTooLarge
 from handlers.settings import RequestLimits
 from scripts.runtime.decode import INFERENCE_HEADER_LENGTH, schema_problems
 from scripts.runtime.model import RequestRefused
@@ -209,13 +209,6 @@ async def refuse(send, error: InputError, retry_after_s: int | None = None,
 # What a kubelet, a load balancer and Prometheus call without credentials
 OPEN_PATHS = frozenset({"/", "/v2/health/live", "/v2/health/ready"})  # /metrics: a port of its own
 OPEN_GRPC_METHODS = frozenset(f"/inference.GRPCInferenceService/{m}" for m in ("ServerLive", "ServerReady", "ModelReady"))
-REALM = b'realm="image-classifier"'
-
-
-def unauthenticated(given, how: str) -> Unauthenticated:
-    """The refusal for a missing (None) or unaccepted token; `how` says where the token goes."""
-    return Unauthenticated(f"a bearer token is required ({how})" if given is None
-                           else "the bearer token is not accepted")
 
 
 class BearerAuth:
@@ -232,9 +225,7 @@ class BearerAuth:
         given = header(scope, b"authorization")
         if self.tokens.accepts(given):
             return await self.app(scope, receive, send)
-        challenge = SCHEME.encode() + b" " + REALM + (b', error="invalid_token"' if given else b"")
-        await refuse(send, unauthenticated(given, "Authorization: Bearer <token>"),
-                     extra=[(b"www-authenticate", challenge)])
+        await refuse(send, refusal(given, REST_HOW), extra=[(b"www-authenticate", challenge(given).encode())])
 
 
 class BearerAuthInterceptor(aio.ServerInterceptor):
@@ -250,7 +241,7 @@ class BearerAuthInterceptor(aio.ServerInterceptor):
         given = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
         if self.tokens.accepts(given):
             return await continuation(details)
-        message = str(unauthenticated(given, "metadata authorization: Bearer <token>"))
+        message = str(refusal(given, GRPC_HOW))
 
         async def deny(request, context):
             await context.abort(StatusCode.UNAUTHENTICATED, message)

@@ -41,10 +41,11 @@ class FrontendSettings:
 
 def loopback_settings() -> ServingSettings:
     """TorchServe's listeners on free loopback ports (tests, benchmarks, the reliability suite)."""
-    inf, mgmt, met, frontend_met, grpc_inf, grpc_mgmt = free_ports(6)
+    inf, mgmt, met, frontend_met, grpc_inf, grpc_mgmt, inf_up, grpc_up = free_ports(8)
     return ServingSettings(host="127.0.0.1", inference_port=inf, management_port=mgmt, metrics_port=met,
                            frontend_metrics_port=frontend_met, grpc_inference_port=grpc_inf,
-                           grpc_management_port=grpc_mgmt)
+                           grpc_management_port=grpc_mgmt, inference_upstream_port=inf_up,
+                           grpc_inference_upstream_port=grpc_up)
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,13 @@ class TorchServe(ServerProcess):
     poll_seconds = 0.5
 
     def __init__(self, store: Path, settings: ServingSettings, run_dir: Path, extra_env: dict[str, str] | None = None,
-                 exporter: bool = True):
+                 exporter: bool = True, token_file: Path | None = None):
         super().__init__(run_dir, "torchserve.out")
         self.exporter = exporter  # False: TorchServe alone, as a stock image runs it (no fine buckets)
+        # tokens: the exporter authenticates callers on the inference ports, TorchServe listens on loopback
+        self.token_file = token_file
+        if token_file is not None and not exporter:
+            raise TorchServeError("authentication is the exporter's: it cannot run without it")
         self.extra_env = dict(extra_env or {})  # e.g. TS_* limits, as the chart sets them
         self.store = Path(store).resolve()
         self.settings = settings
@@ -61,15 +65,20 @@ class TorchServe(ServerProcess):
         if not self.exporter:
             return torchserve
         s = self.settings
+        auth = ([] if self.token_file is None else
+                ["--inference-listen", f"{s.host}:{s.inference_port}", "--grpc-listen", f"{s.host}:{s.grpc_inference_port}"])
         return [sys.executable, "-m", "handlers.exporter", "--listen", f"{s.host}:{s.metrics_port}",
                 "--frontend-port", str(s.frontend_metrics_port), "--config", str(self.config),
                 "--multiproc-dir", str(self.run_dir / "handler-metrics"), "--log-location", str(self.run_dir / "logs"),
-                "--", *torchserve]
+                *auth, "--", *torchserve]
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
                if k != "PYTHONPATH" and not k.startswith("TS_")}  # workers import only the .mar
-        env.update(self.settings.torchserve_env())
+        env.update(self.settings.torchserve_env(authenticated=self.token_file is not None))
+        env.pop("SERVE_TOKEN_FILE", None)
+        if self.token_file is not None:
+            env["SERVE_TOKEN_FILE"] = str(self.token_file)
         tmp = self.run_dir / "tmp"  # TorchServe keeps one pid file per TMPDIR: isolate instances
         env.update(TMPDIR=str(tmp), LOG_LOCATION=str(self.run_dir / "logs"),
                    METRICS_LOCATION=str(self.run_dir / "logs"),

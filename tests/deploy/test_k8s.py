@@ -30,6 +30,7 @@ from scripts.deploy import k8s_render
 from scripts.deploy import k8s_validate
 from scripts.runtime.server import get_args_parser
 from scripts.cluster import kserve as kserve_mod
+from handlers import exporter
 from handlers.auth import TokenFile
 from handlers.settings import AuthSettings, RequestLimits, ServingSettings
 from scripts.serve.settings import KSERVE_MODEL_MOUNT, loopback_settings
@@ -575,28 +576,61 @@ def test_kserve_native_metrics_listen_apart_and_only_the_monitoring_namespace_re
         "kubernetes.io/metadata.name": yaml.safe_load((CHART / "values.yaml").read_text())["networkPolicy"]["monitoringNamespace"]}}}]
 
 
-def test_auth_values_mount_the_secret_where_the_runtime_reads_its_tokens(tmp_path):
+@pytest.mark.parametrize("runtime", ["kserve-native", "torchserve"])
+def test_auth_values_mount_the_secret_where_the_runtime_reads_its_tokens(runtime, tmp_path):
     objs = render("auth-values.yaml")
     secret = one(objs, "Secret", "image-classifier-tokens")
     tokens = tmp_path / "tokens"
     tokens.write_text(secret["stringData"]["tokens"])
     assert TokenFile(tokens).tokens() == (b"ci-token-0f3c9a",)
-    c = runtime_container(objs, "kserve-native")
+    c = runtime_container(objs, runtime)
     token_file = AuthSettings.from_env(env_of(c)).token_file
     mount = next(m for m in c["volumeMounts"] if m["name"] == "tokens")
     assert token_file == f"{mount['mountPath']}/tokens" and mount["readOnly"] and "subPath" not in mount
-    volume = next(v for v in one(objs, "ServingRuntime", "image-classifier-kserve-native")["spec"]["volumes"]
+    volume = next(v for v in one(objs, "ServingRuntime", f"image-classifier-{runtime}")["spec"]["volumes"]
                   if v["name"] == "tokens")
     assert volume["secret"] == {"secretName": "image-classifier-tokens", "items": [{"key": "tokens", "path": "tokens"}]}
     # the default: no authentication, no Secret
     default = render()
     assert not of_kind([o for o in default if o["metadata"]["name"] == "image-classifier-tokens"], "Secret")
-    assert "SERVE_TOKEN_FILE" not in env_of(runtime_container(default, "kserve-native"))
+    assert "SERVE_TOKEN_FILE" not in env_of(runtime_container(default, runtime))
     # a Secret made outside the chart: mounted, not rendered
     own = render("auth-values.yaml", "auth.createSecret=false", "auth.secretName=my-tokens")
     assert not [o for o in own if o["kind"] == "Secret" and "tokens" in o["metadata"]["name"]]
-    assert next(v for v in one(own, "ServingRuntime", "image-classifier-kserve-native")["spec"]["volumes"]
+    assert next(v for v in one(own, "ServingRuntime", f"image-classifier-{runtime}")["spec"]["volumes"]
                 if v["name"] == "tokens")["secret"]["secretName"] == "my-tokens"
+
+
+def test_torchserve_with_auth_listens_on_loopback_behind_the_exporter(tmp_path, monkeypatch):
+    """With auth.enabled the exporter holds TorchServe's public inference ports and forwards to
+    TorchServe's own listeners, which move to loopback (ServingSettings.torchserve_env(authenticated=True)):
+    nothing reaches TorchServe without passing the token check."""
+    objs = render("auth-values.yaml")
+    c = runtime_container(objs, "torchserve")
+    env = env_of(c)
+    s = ServingSettings(host="0.0.0.0")
+    listeners = ("TS_INFERENCE_ADDRESS", "TS_GRPC_INFERENCE_ADDRESS", "TS_GRPC_INFERENCE_PORT")
+    authenticated = s.torchserve_env(authenticated=True)
+    assert {k: env[k] for k in listeners} == {k: authenticated[k] for k in listeners}
+    assert {k: env[k] for k in listeners} == {"TS_INFERENCE_ADDRESS": "http://127.0.0.1:8093",
+                                              "TS_GRPC_INFERENCE_ADDRESS": "127.0.0.1", "TS_GRPC_INFERENCE_PORT": "7072"}
+    command = c["command"]
+    monkeypatch.setenv("SERVE_TOKEN_FILE", env["SERVE_TOKEN_FILE"])  # the exporter's default, as in the pod
+    args, torchserve = exporter.parse_args(command[command.index("handlers.exporter") + 1:])
+    assert args.token_file == env["SERVE_TOKEN_FILE"] and torchserve[0] == "torchserve"
+    public = ports_of(c)
+    assert args.inference_listen == ("0.0.0.0", public["http1"]) and args.grpc_listen == ("0.0.0.0", public["h2c"])
+    config = tmp_path / "config.properties"
+    config.write_text("")  # the pod's TS_* variables say it all
+    upstream = exporter.proxied_upstream(config, env=env)
+    ports = yaml.safe_load((CHART / "values.yaml").read_text())["ports"]["torchserve"]
+    assert upstream.rest_url == f"http://127.0.0.1:{ports['upstreamInference']}" == f"http://127.0.0.1:{s.inference_upstream_port}"
+    assert upstream.grpc_target == f"127.0.0.1:{ports['upstreamGrpcInference']}" == f"127.0.0.1:{s.grpc_inference_upstream_port}"
+    assert upstream.max_request_bytes == RequestLimits().max_request_bytes
+    np = one(objs, "NetworkPolicy", "image-classifier-torchserve")
+    opened = {p["port"] for rule in np["spec"]["ingress"] for p in rule["ports"]}
+    assert not opened & {ports["upstreamInference"], ports["upstreamGrpcInference"]}
+    assert {public["http1"], public["h2c"]} <= opened
 
 
 def test_knative_canary_values():
@@ -722,7 +756,6 @@ def test_schema_refuses_bad_values(values, where, tmp_path):
     (model(storageUri="gs://bucket/m"), "needs storage.credentials.type gcs"),
     ({"runtimes": {"torchserve": {"enabled": False}}}, "runtimes.torchserve.enabled is false"),
     ({"monitoring": {"serviceMonitor": {"enabled": True}}}, "enable one"),
-    ({"auth": {"enabled": True}}, "auth.enabled needs runtime kserve-native"),
 ])
 def test_template_refuses_inconsistent_values(values, message, tmp_path):
     assert message in refused_values(values, tmp_path)

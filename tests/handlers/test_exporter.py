@@ -147,6 +147,53 @@ def test_the_exporter_needs_a_command(tmp_path, capsys):
         exporter.main(["--listen", "127.0.0.1:1", "--frontend-port", "2", "--config", "c"])
 
 
+def test_authentication_needs_both_listeners_and_a_token_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("SERVE_TOKEN_FILE", raising=False)
+    base = ["--listen", "127.0.0.1:1", "--frontend-port", "2", "--config", "c"]
+    listens = ["--inference-listen", "0.0.0.0:8080", "--grpc-listen", "0.0.0.0:7070"]
+    with pytest.raises(SystemExit):
+        exporter.parse_args([*base, "--token-file", "t", "--inference-listen", "0.0.0.0:8080", "--", "ts"])
+    with pytest.raises(SystemExit):
+        exporter.parse_args([*base, *listens, "--", "ts"])  # a listener without tokens would authenticate nobody
+    monkeypatch.setenv("SERVE_TOKEN_FILE", "/var/run/tokens/tokens")  # as the chart sets it
+    args, command = exporter.parse_args([*base, *listens, "--", "ts"])
+    assert args.token_file == "/var/run/tokens/tokens" and command == ["ts"]
+    assert (args.inference_listen, args.grpc_listen) == (("0.0.0.0", 8080), ("0.0.0.0", 7070))
+
+
+def test_the_proxy_forwards_to_torchserve_on_loopback_only(tmp_path):
+    config = tmp_path / "config.properties"
+    config.write_text("inference_address=http://127.0.0.1:8093\ngrpc_inference_address=127.0.0.1\n"
+                      "grpc_inference_port=7072\nmax_request_size=1000\ncors_allowed_origin=http://127.0.0.1:8090\n")
+    upstream = exporter.proxied_upstream(config, env={})
+    assert (upstream.rest_url, upstream.grpc_target, upstream.max_request_bytes) == ("http://127.0.0.1:8093", "127.0.0.1:7072", 1000)
+    assert upstream.cors_origin == "http://127.0.0.1:8090"
+    # TorchServe's TS_* variables win over the file, as TorchServe reads them
+    env = {"TS_MAX_REQUEST_SIZE": "2000", "TS_GRPC_INFERENCE_PORT": "7099", "SERVE_BODY_TIMEOUT_S": "7"}
+    upstream = exporter.proxied_upstream(config, env=env)
+    assert (upstream.grpc_target, upstream.max_request_bytes, upstream.body_timeout_s) == ("127.0.0.1:7099", 2000, 7)
+    for public in ({"TS_INFERENCE_ADDRESS": "http://0.0.0.0:8080"}, {"TS_GRPC_INFERENCE_ADDRESS": "10.0.0.7"}):
+        with pytest.raises(SystemExit, match="not loopback"):
+            exporter.proxied_upstream(config, env=public)
+
+
+def test_the_proxy_answers_503_while_torchserve_is_down(tmp_path):
+    from handlers.auth import TokenFile
+    from handlers.auth_proxy import AuthProxy, Upstream
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("t0k\n")
+    rest, grpc_port, dead_rest, dead_grpc = free_ports(4)  # nothing listens on the last two
+    upstream = Upstream(f"http://127.0.0.1:{dead_rest}", f"127.0.0.1:{dead_grpc}", max_request_bytes=1000, body_timeout_s=5)
+    proxy = AuthProxy(upstream, TokenFile(tokens), ("127.0.0.1", rest), ("127.0.0.1", grpc_port)).start()
+    try:
+        r = requests.post(f"http://127.0.0.1:{rest}/predictions/m", data=b"x", headers={"Authorization": "Bearer t0k"}, timeout=10)
+        assert r.status_code == 503 and r.json()["reason"] == "unavailable" and r.headers["retry-after"] == "1"
+        assert requests.get(f"http://127.0.0.1:{rest}/ping", timeout=10).status_code == 503  # open, and honest
+    finally:
+        proxy.stop()
+
+
 @pytest.mark.integration
 def test_torchserve_metrics_come_merged_with_fine_buckets(torchserve, samples):
     """TorchServe run under the exporter (scripts/serve/torchserve.py, as the chart runs it): one

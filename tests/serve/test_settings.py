@@ -29,7 +29,18 @@ def test_torchserve_env_uses_torchserves_own_variable_names():
         "TS_METRICS_ADDRESS": "http://127.0.0.1:6", "TS_GRPC_INFERENCE_ADDRESS": "0.0.0.0",
         "TS_GRPC_INFERENCE_PORT": "4", "TS_GRPC_MANAGEMENT_ADDRESS": "0.0.0.0",
         "TS_GRPC_MANAGEMENT_PORT": "5", "TS_CORS_ALLOWED_ORIGIN": "http://0.0.0.0:8090",
-        "TS_CORS_ALLOWED_METHODS": "GET, POST, OPTIONS", "TS_CORS_ALLOWED_HEADERS": "Content-Type"}
+        "TS_CORS_ALLOWED_METHODS": "GET, POST, OPTIONS", "TS_CORS_ALLOWED_HEADERS": "Content-Type, Authorization"}
+
+
+def test_authenticated_torchserve_listens_on_loopback_ports_of_its_own():
+    """Behind the exporter's token check (handlers/auth_proxy.py), which holds the public ports."""
+    s = ServingSettings(host="0.0.0.0", inference_port=1, grpc_inference_port=4, inference_upstream_port=7,
+                        grpc_inference_upstream_port=8)
+    env = s.torchserve_env(authenticated=True)
+    assert (env["TS_INFERENCE_ADDRESS"], env["TS_GRPC_INFERENCE_ADDRESS"], env["TS_GRPC_INFERENCE_PORT"]) == (
+        "http://127.0.0.1:7", "127.0.0.1", "8")
+    assert {k: v for k, v in env.items() if "INFERENCE" not in k} == {
+        k: v for k, v in s.torchserve_env().items() if "INFERENCE" not in k}
 
 
 def test_cors_origin_defaults_to_the_try_it_page_and_can_be_set():

@@ -294,6 +294,36 @@ def v1_page_server(store, guarded_runtime, ui_settings, tmp_path_factory):
         server.stop()
 
 
+def assert_token_asked_then_used(page: Page, page_url: str, api: str, server: str, image: Path, refused: dict,
+                                 expected: dict, artifacts: Path, shot: str) -> None:
+    """The page without a token shows the server's 401 and asks for one; typed in, the same image
+    gets the server's own top-k; the token stays with the tab."""
+    page.goto(page_url + "/")
+    expect(page.locator("#server")).to_have_text(server)
+    expect(page.locator("#api")).to_have_text(api)
+    expect(page.get_by_label("Model")).to_be_enabled()
+    page.get_by_label("Model").select_option(MODEL_NAME)
+    page.get_by_label("Choose an image").set_input_files(image)
+    alert = page.get_by_role("alert")
+    expect(alert).to_be_visible(timeout=WAIT_MS)
+    expect(alert).to_contain_text(f"(HTTP 401): {refused['error']}")
+    expect(page.get_by_role("status")).to_contain_text("asks for a bearer token")
+    screenshot(page, f"{shot}-token-missing.png", artifacts)
+
+    token = page.get_by_label("Bearer token")
+    token.fill(TOKEN)
+    token.press("Tab")  # the change event: the same image is asked about again, with the token
+    expect(page.locator("#topk li")).to_have_count(len(expected), timeout=WAIT_MS)
+    assert page.locator("#topk .label").all_inner_texts() == list(expected)
+    expect(alert).to_be_hidden()
+    screenshot(page, f"{shot}.png", artifacts)
+
+    page.reload()  # the token stays with the tab (sessionStorage), not in any URL or cookie
+    expect(page.get_by_label("Bearer token")).to_have_value(TOKEN)
+    assert page.errors == []
+    assert_only_own_origins(page, page_url, api)
+
+
 def test_page_asks_for_the_token_then_shows_the_runtimes_top_k(page, v1_page_server, guarded_runtime, samples,
                                                                 artifacts):
     rt, _ = guarded_runtime
@@ -304,31 +334,36 @@ def test_page_asks_for_the_token_then_shows_the_runtimes_top_k(page, v1_page_ser
     refused = requests.post(v1, json=body, timeout=60)
     assert refused.status_code == 401
     expected = requests.post(v1, json=body, headers=bearer(TOKEN), timeout=60).json()["predictions"][0]
+    assert_token_asked_then_used(page, v1_page_server.url, rt.url, "the KServe-native runtime (KServe v1)", image,
+                                 refused.json(), expected, artifacts, "ui-v1")
 
-    page.goto(v1_page_server.url + "/")
-    expect(page.locator("#server")).to_have_text("the KServe-native runtime (KServe v1)")
-    expect(page.locator("#api")).to_have_text(rt.url)
-    expect(page.get_by_label("Model")).to_be_enabled()
-    page.get_by_label("Model").select_option(MODEL_NAME)
-    page.get_by_label("Choose an image").set_input_files(image)
-    alert = page.get_by_role("alert")
-    expect(alert).to_be_visible(timeout=WAIT_MS)
-    expect(alert).to_contain_text(f"(HTTP 401): {refused.json()['error']}")
-    expect(page.get_by_role("status")).to_contain_text("asks for a bearer token")
-    screenshot(page, "ui-v1-token-missing.png", artifacts)
 
-    token = page.get_by_label("Bearer token")
-    token.fill(TOKEN)
-    token.press("Tab")  # the change event: the same image is asked about again, with the token
-    expect(page.locator("#topk li")).to_have_count(len(expected), timeout=WAIT_MS)
-    assert page.locator("#topk .label").all_inner_texts() == list(expected)
-    expect(alert).to_be_hidden()
-    screenshot(page, "ui-v1.png", artifacts)
+@pytest.fixture(scope="module")
+def guarded_torchserve(store, tmp_path_factory):
+    """TorchServe behind its exporter's token check, allowing the origin of a page on a port of its own."""
+    run = tmp_path_factory.mktemp("ui-ts-auth")
+    (run / "tokens").write_text(TOKEN + "\n")
+    settings = dataclasses.replace(loopback_settings(), ui_port=free_ports(1)[0])
+    ts = TorchServe(store, settings, run, token_file=run / "tokens").start(timeout=180)
+    yield ts
+    ts.stop()
 
-    page.reload()  # the token stays with the tab (sessionStorage), not in any URL or cookie
-    expect(page.get_by_label("Bearer token")).to_have_value(TOKEN)
-    assert page.errors == []
-    assert_only_own_origins(page, v1_page_server.url, rt.url)
+
+def test_page_asks_torchserve_for_the_token_too(page, guarded_torchserve, store, samples, artifacts, tmp_path):
+    ts = guarded_torchserve
+    log = tmp_path / "ui_server.out"
+    out_dir, listed = samples
+    image = out_dir / listed[0]["file"]
+    native = f"{ts.settings.inference_url}/predictions/{MODEL_NAME}"
+    refused = requests.post(native, data=image.read_bytes(), timeout=60)
+    assert refused.status_code == 401
+    expected = requests.post(native, data=image.read_bytes(), headers=bearer(TOKEN), timeout=60).json()
+    server = UiServer(["--store", str(store)], serve_env(ts.settings), log).start(timeout=90)
+    try:
+        assert_token_asked_then_used(page, server.url, ts.settings.inference_url, "TorchServe", image,
+                                     refused.json(), expected, artifacts, "ui-torchserve")
+    finally:
+        server.stop()
 
 
 def test_the_runtime_answers_only_the_allowed_origins_preflight(guarded_runtime):

@@ -118,9 +118,6 @@ seccompProfile:
 {{- if and (eq .runtime "torchserve") (not $v.runtimes.torchserve.enabled) -}}
 {{- fail (printf "models[%s] uses runtime torchserve but runtimes.torchserve.enabled is false" .name) -}}
 {{- end -}}
-{{- if and $v.auth.enabled (eq .runtime "torchserve") -}}
-{{- fail (printf "models[%s]: auth.enabled needs runtime kserve-native (the torchserve runtime does not authenticate callers yet)" .name) -}}
-{{- end -}}
 {{- if and (eq .runtime "kserve-native") (not $v.runtimes.kserveNative.enabled) -}}
 {{- fail (printf "models[%s] uses runtime kserve-native but runtimes.kserveNative.enabled is false" .name) -}}
 {{- end -}}
@@ -199,6 +196,32 @@ seccompProfile:
 
 {{/* Where the runtime reads the accepted bearer tokens (auth.enabled). */}}
 {{- define "ic.tokenDir" -}}/var/run/secrets/image-classifier{{- end -}}
+
+{{/* auth.enabled: the token file's variable, its mount and its volume (the Secret's files,
+     updated in place by the kubelet when the Secret changes: no subPath). */}}
+{{- define "ic.tokenEnv" -}}
+{{- if .Values.auth.enabled -}}
+- name: SERVE_TOKEN_FILE
+  value: {{ include "ic.tokenDir" . }}/tokens
+{{- end }}
+{{- end -}}
+{{- define "ic.tokenMount" -}}
+{{- if .Values.auth.enabled -}}
+- name: tokens
+  mountPath: {{ include "ic.tokenDir" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+{{- define "ic.tokenVolume" -}}
+{{- if .Values.auth.enabled -}}
+- name: tokens
+  secret:
+    secretName: {{ .Values.auth.secretName }}
+    items:
+      - key: tokens
+        path: tokens
+{{- end }}
+{{- end -}}
 
 {{/* The preStop hook of every model container: wait while the Service stops routing to the pod
      and the requests in flight finish (both runtimes' images have sleep). */}}
