@@ -137,9 +137,10 @@ def baseline_client(port: int, images: list[bytes]) -> Client:
     return lambda: HTTPPost("127.0.0.1", port, "/predict", [b for b, _ in parts], [t for _, t in parts])
 
 
-def torchserve_rest_client(ts: TorchServe, model: str, images: list[bytes]) -> Client:
+def torchserve_rest_client(ts: TorchServe, model: str, images: list[bytes],
+                           headers: dict[str, str] | None = None) -> Client:
     s = ts.settings
-    return lambda: HTTPPost(s.host, s.inference_port, f"/predictions/{model}", images, "image/png")
+    return lambda: HTTPPost(s.host, s.inference_port, f"/predictions/{model}", images, "image/png", headers=headers)
 
 
 def kserve_rest_client(rt: KServeRuntime, model: str, images: list[bytes],
@@ -150,7 +151,8 @@ def kserve_rest_client(rt: KServeRuntime, model: str, images: list[bytes],
                             headers=headers)
 
 
-def torchserve_grpc_client(ts: TorchServe, model: str, images: list[bytes]) -> Client:
+def torchserve_grpc_client(ts: TorchServe, model: str, images: list[bytes],
+                           metadata: tuple[tuple[str, str], ...] = ()) -> Client:
     stubs = grpc_stubs.load()
     target = f"{ts.settings.host}:{ts.settings.grpc_inference_port}"
 
@@ -158,7 +160,7 @@ def torchserve_grpc_client(ts: TorchServe, model: str, images: list[bytes]) -> C
         stub = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(grpc.insecure_channel(target))
         requests_ = [stubs.inference_pb2.PredictionsRequest(model_name=model, input={"data": img})
                      for img in images]
-        return lambda i: top1(json.loads(stub.Predictions(requests_[i], timeout=30).prediction))
+        return lambda i: top1(json.loads(stub.Predictions(requests_[i], timeout=30, metadata=metadata).prediction))
     return connect
 
 
@@ -169,13 +171,14 @@ def first_bytes_element(response: oip_pb.ModelInferResponse) -> str:
     return raw[4:4 + n].decode()
 
 
-def kserve_grpc_client(rt: KServeRuntime, model: str, images: list[bytes]) -> Client:
+def kserve_grpc_client(rt: KServeRuntime, model: str, images: list[bytes],
+                       metadata: tuple[tuple[str, str], ...] = ()) -> Client:
     def connect() -> Send:
         stub = GRPCInferenceServiceStub(grpc.insecure_channel(rt.grpc_target))
         reqs = [oip_pb.ModelInferRequest(model_name=model, inputs=[oip_pb.ModelInferRequest.InferInputTensor(
             name="image", datatype="BYTES", shape=[1], contents=oip_pb.InferTensorContents(bytes_contents=[img]))])
             for img in images]
-        return lambda i: first_bytes_element(stub.ModelInfer(reqs[i], timeout=30))
+        return lambda i: first_bytes_element(stub.ModelInfer(reqs[i], timeout=30, metadata=metadata))
     return connect
 
 

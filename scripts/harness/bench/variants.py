@@ -62,8 +62,9 @@ def markdown(title: str, record: dict, notes: list[str], first: str) -> str:
              f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Python {m['python']}; "
              f"git {m['commit']}; load average {m['load_average_at_start']} at the start, "
              f"{[round(x, 2) for x in record['load_average']]} at the end",
-             f"- model: {record['model']}; {record['images']} real Fashion-MNIST test images, raw bytes on "
-             f"the v1 route; {record['duration']} s per point, {record['repeats']} interleaved rounds (medians)",
+             f"- model: {record['model']}; {record['images']} real Fashion-MNIST test images, "
+             f"{record.get('route', 'raw bytes on the v1 route')}; {record['duration']} s per point, "
+             f"{record['repeats']} interleaved rounds (medians)",
              *notes, "",
              f"| runtime | concurrency | req/s | range | p50 ms | p99 ms | server CPU ms/req | × {first} | errors |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
