@@ -23,7 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from handlers.auth import GRPC_HOW, REST_HOW, TokenFile, challenge, refusal
-from handlers.errors import InputError, RequestTimeout, RequestTooLarge, Unavailable
+from handlers.errors import InputError, Overloaded, RequestTimeout, RequestTooLarge, Unavailable
 from handlers.exporter import TS_GRPC, TS_OIP_GRPC
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,10 @@ NOT_STREAMED = "this model does not stream its predictions: call Predictions"
 # Per-hop headers, and what the proxy sets itself: never copied from one side to the other
 HOP_HEADERS = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                          "transfer-encoding", "upgrade", "host", "content-length", "authorization"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # what the in-flight bound counts, as the runtime's
 # gRPC metadata the channel sets itself
 CALL_METADATA = frozenset({"authorization", "user-agent", "content-type", "te", "grpc-accept-encoding",
                            "grpc-encoding", "grpc-timeout"})
-RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class Upstream:
     grpc_target: str  # e.g. 127.0.0.1:7072
     max_request_bytes: int  # TorchServe's max_request_size: refused here before it is read
     body_timeout_s: float  # a REST body not received whole by then: 408
+    max_inflight: int = 64  # calls inside the proxy at once, reading included: 503 / RESOURCE_EXHAUSTED beyond
+    retry_after_s: int = 1  # Retry-After of each 503
     cors_origin: str | None = None  # TorchServe's cors_allowed_origin: a refusal carries it too
 
 
@@ -68,6 +70,7 @@ class RestProxy:
         self.upstream, self.tokens = upstream, tokens
         self.session: aiohttp.ClientSession | None = None
         self.runner: web.ServerRunner | None = None
+        self.inflight = 0  # bodies are read whole here: their number bounds the proxy's memory
 
     def is_open(self, request: web.BaseRequest) -> bool:
         return request.path in OPEN_PATHS or (
@@ -79,8 +82,6 @@ class RestProxy:
 
     async def read_body(self, request: web.BaseRequest) -> bytes:
         limit = self.upstream.max_request_bytes
-        if (request.content_length or 0) > limit:
-            raise RequestTooLarge(f"the body is {request.content_length} bytes, over the limit of {limit}")
         chunks, size = [], 0
         async for chunk in request.content.iter_any():
             size += len(chunk)
@@ -95,6 +96,21 @@ class RestProxy:
             given = request.headers.get("Authorization")
             if not self.tokens.accepts(given):
                 return error_response(refusal(given, REST_HOW), origin, {"WWW-Authenticate": challenge(given)})
+        if request.method not in BODY_METHODS:  # probes and metadata: nothing to hold
+            return await self.forward(request, origin)
+        limit = self.upstream.max_request_bytes
+        if (request.content_length or 0) > limit:
+            return error_response(RequestTooLarge(f"the body is {request.content_length} bytes, over the limit of {limit}"), origin)
+        if self.inflight >= self.upstream.max_inflight:
+            return error_response(Overloaded(f"the server holds {self.upstream.max_inflight} requests already: retry"),
+                                  origin, {"Retry-After": str(self.upstream.retry_after_s)})
+        self.inflight += 1
+        try:
+            return await self.forward(request, origin)
+        finally:
+            self.inflight -= 1
+
+    async def forward(self, request: web.BaseRequest, origin: str | None) -> web.StreamResponse:
         try:
             body = await asyncio.wait_for(self.read_body(request), self.upstream.body_timeout_s)
         except RequestTooLarge as e:
@@ -116,7 +132,7 @@ class RestProxy:
                 return streamed
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
             return error_response(Unavailable(f"TorchServe does not answer ({type(e).__name__})"), origin,
-                                  {"Retry-After": str(RETRY_AFTER_S)})
+                                  {"Retry-After": str(self.upstream.retry_after_s)})
 
     async def start(self, host: str, port: int) -> None:
         self.session = aiohttp.ClientSession(
@@ -186,7 +202,7 @@ class GrpcProxy:
         limit = self.upstream.max_request_bytes
         self.channel = grpc.aio.insecure_channel(self.upstream.grpc_target, options=[
             ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", -1)])
-        self.server = grpc.aio.server(options=[
+        self.server = grpc.aio.server(maximum_concurrent_rpcs=self.upstream.max_inflight, options=[
             ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", -1)])
         self.server.add_generic_rpc_handlers((GrpcPassThrough(self.channel, self.tokens),))
         if self.server.add_insecure_port(f"{host}:{port}") == 0:

@@ -89,10 +89,11 @@ def proxied_upstream(config: Path, env=os.environ):
             raise SystemExit(f"exporter: error: TorchServe's {what} is on {host}, not loopback: callers could reach it "
                              "without a token (the chart moves it to loopback when auth.enabled)")
     cors = torchserve_setting("cors_allowed_origin", config, env)
+    limits = RequestLimits.from_env(env)
     return Upstream(rest_url=rest.rstrip("/"), grpc_target=f"{grpc_host}:{grpc_port}",
                     max_request_bytes=int(torchserve_setting("max_request_size", config, env) or TS_DEFAULT_MAX_REQUEST_SIZE),
-                    body_timeout_s=RequestLimits.from_env(env).body_timeout_s,
-                    cors_origin=None if cors in (None, "", "*") else cors)
+                    body_timeout_s=limits.body_timeout_s, max_inflight=limits.max_inflight,
+                    retry_after_s=limits.retry_after_s, cors_origin=None if cors in (None, "", "*") else cors)
 
 
 def host_port(value: str) -> tuple[str, int]:

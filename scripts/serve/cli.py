@@ -4,7 +4,9 @@
     python -m scripts.serve stop
     python -m scripts.serve status
 
-Ports come from handlers/settings.py (override with SERVE_* environment variables).
+Ports come from handlers/settings.py (override with SERVE_* environment variables). With
+SERVE_TOKEN_FILE set, every inference call needs `Authorization: Bearer <token>` with a token of
+that file (the exporter's proxy, handlers/auth_proxy.py, as in the chart with auth.enabled).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from handlers.settings import ServingSettings
+from handlers.settings import AuthSettings, ServingSettings
 from scripts.serve.process import process_alive, read_pid, stop_process_group
 from scripts.serve.torchserve import TorchServe, TorchServeError, snapshot_models
 
@@ -25,6 +27,8 @@ def print_urls(ts: TorchServe) -> None:
     print(f"  management: {s.management_url}/models\n  metrics:    {s.metrics_url}")
     print(f"  gRPC:       {s.host}:{s.grpc_inference_port} (inference), "
           f"{s.host}:{s.grpc_management_port} (management)")
+    if ts.token_file is not None:
+        print(f"  auth:       inference calls need -H 'Authorization: Bearer <token>', a token of {ts.token_file}")
 
 
 def main(argv=None) -> int:
@@ -34,7 +38,12 @@ def main(argv=None) -> int:
     p.add_argument("--run-dir", type=Path, default=Path("build/run"), help="logs and pid file")
     p.add_argument("--timeout", type=float, default=180, help="seconds to wait for READY workers")
     args = p.parse_args(argv)
-    ts = TorchServe(args.store, ServingSettings.from_env(), args.run_dir)
+    token_file = AuthSettings.from_env().token_file
+    if args.action == "start" and token_file and not Path(token_file).is_file():
+        print(f"serve: error: SERVE_TOKEN_FILE={token_file} is not a file (one token per line)", file=sys.stderr)
+        return 2
+    ts = TorchServe(args.store, ServingSettings.from_env(), args.run_dir,
+                    token_file=Path(token_file).resolve() if token_file else None)
     pid = read_pid(ts.pid_file)
     running = pid is not None and process_alive(pid)
 

@@ -322,6 +322,11 @@ def test_limits_values_are_the_runtimes_defaults_and_reach_both_containers():
     assert (native.max_request_bytes, native.queue_size, native.max_inflight) == (1048576, 7, 9)
     ts = env_of(runtime_container(custom, "torchserve"))
     assert (ts["TS_MAX_REQUEST_SIZE"], ts["TS_JOB_QUEUE_SIZE"]) == ("1048576", "7")
+    # with auth, the exporter's proxy reads whole bodies first: it is bounded like the runtime
+    assert "SERVE_MAX_INFLIGHT" not in ts
+    proxied = RequestLimits.from_env(env_of(runtime_container(render("auth-values.yaml", "limits.maxInflight=9",
+                                                                     "limits.bodyTimeoutSeconds=5"), "torchserve")))
+    assert (proxied.max_inflight, proxied.body_timeout_s, proxied.retry_after_s) == (9, 5, defaults.retry_after_s)
 
 
 def test_kserve_native_runtime_command_matches_its_cli():

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 
 GOOD, OTHER = "ts-token-5be1", "ts-token-c40d"
 BODY_TIMEOUT_S = 3
+MAX_INFLIGHT = 4
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def token_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def guarded(store, token_file, tmp_path_factory):
     ts = TorchServe(store, loopback_settings(), tmp_path_factory.mktemp("ts-auth"), token_file=token_file,
-                    extra_env={"SERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)})
+                    extra_env={"SERVE_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S), "SERVE_MAX_INFLIGHT": str(MAX_INFLIGHT)})
     ts.start(timeout=180)
     yield ts
     ts.stop()
@@ -126,15 +127,41 @@ def test_a_body_over_the_limit_is_refused_before_torchserve(guarded, images):
 
 def test_a_stalled_upload_is_answered_408_and_holds_nothing(guarded, images):
     s = guarded.settings
-    with socket.create_connection((s.host, s.inference_port), timeout=BODY_TIMEOUT_S + 10) as sock:
-        sock.sendall(f"POST /predictions/{MODEL_NAME} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {GOOD}\r\n"
-                     "Content-Length: 100000\r\n\r\n".encode() + b"\0" * 100)
+    with stalled_upload(s) as sock:
         started = time.monotonic()
         answer = sock.recv(65536).decode(errors="replace")
         waited = time.monotonic() - started
     assert answer.startswith("HTTP/1.1 408") and '"reason": "request_timeout"' in answer, answer
     assert BODY_TIMEOUT_S - 0.5 <= waited < BODY_TIMEOUT_S + 5
     r = requests.post(f"{s.inference_url}/predictions/{MODEL_NAME}", data=images[0], headers=bearer(GOOD), timeout=30)
+    assert r.status_code == 200
+
+
+def stalled_upload(s, token: str = GOOD) -> socket.socket:
+    """A request whose body never arrives whole: it holds its place in the proxy until the body timeout."""
+    sock = socket.create_connection((s.host, s.inference_port), timeout=BODY_TIMEOUT_S + 10)
+    sock.sendall(f"POST /predictions/{MODEL_NAME} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                 "Content-Length: 100000\r\n\r\n".encode() + b"\0" * 100)
+    return sock
+
+
+def test_requests_beyond_the_in_flight_bound_get_503_not_memory(guarded, images):
+    """The proxy reads each body whole before TorchServe: at most MAX_INFLIGHT at once."""
+    s = guarded.settings
+    url = f"{s.inference_url}/predictions/{MODEL_NAME}"
+    held = [stalled_upload(s) for _ in range(MAX_INFLIGHT)]
+    try:
+        time.sleep(0.5)  # all of them inside the proxy
+        r = requests.post(url, data=images[0], headers=bearer(GOOD), timeout=30)
+        assert r.status_code == 503 and r.json()["reason"] == "overloaded" and r.headers["retry-after"] == "1"
+        assert requests.get(f"{s.inference_url}/ping", timeout=10).status_code == 200  # probes hold nothing: never refused
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + BODY_TIMEOUT_S + 5
+    while (r := requests.post(url, data=images[0], headers=bearer(GOOD), timeout=30)).status_code == 503:
+        assert time.monotonic() < deadline, "the places of closed uploads were never given back"
+        time.sleep(0.2)
     assert r.status_code == 200
 
 

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.integration
 def serve_env(monkeypatch):
     s = loopback_settings()
     for name in ("inference_port", "management_port", "metrics_port", "grpc_inference_port",
-                 "grpc_management_port"):
+                 "grpc_management_port", "frontend_metrics_port", "inference_upstream_port",
+                 "grpc_inference_upstream_port"):
         monkeypatch.setenv(f"SERVE_{name.upper()}", str(getattr(s, name)))
     return s
 
@@ -49,6 +50,27 @@ def test_serve_start_predict_stop(store, samples, serve_env, tmp_path, capsys):
     assert not process_alive(pid)
     assert serve.main(["status", *args]) == 1
     assert "not running" in capsys.readouterr().out
+
+
+def test_serve_with_a_token_file_asks_every_caller_for_a_token(store, samples, serve_env, tmp_path, capsys,
+                                                               monkeypatch):
+    run_dir = tmp_path / "run"
+    args = ["--store", str(store), "--run-dir", str(run_dir)]
+    monkeypatch.setenv("SERVE_TOKEN_FILE", str(tmp_path / "no-such-file"))
+    assert serve.main(["start", *args]) == 2
+    assert "is not a file" in capsys.readouterr().err
+    (tmp_path / "tokens").write_text("cli-token-8e21\n")
+    monkeypatch.setenv("SERVE_TOKEN_FILE", str(tmp_path / "tokens"))
+    monkeypatch.delenv("SERVE_TOKEN", raising=False)
+    assert serve.main(["start", *args]) == 0
+    try:
+        assert "Authorization: Bearer" in capsys.readouterr().out
+        image = str(samples[0] / samples[1][0]["file"])
+        assert predict.main([image, "--model", MODEL_NAME]) == 1
+        assert "HTTP 401" in capsys.readouterr().err
+        assert predict.main([image, "--model", MODEL_NAME, "--token", "cli-token-8e21"]) == 0
+    finally:
+        assert serve.main(["stop", *args]) == 0
 
 
 def test_a_model_that_cannot_load_fails_fast_with_the_workers_error(store, tmp_path):

@@ -156,6 +156,15 @@ seccompProfile:
   value: {{ printf "%d" (int64 $l.queueSize) | quote }}
 - name: SERVE_MAX_IMAGES_PER_REQUEST
   value: {{ printf "%d" (int64 $l.maxImagesPerRequest) | quote }}
+{{- if .ctx.Values.auth.enabled }}
+# the exporter's authenticating proxy reads whole bodies before TorchServe: bounded like the runtime
+- name: SERVE_MAX_INFLIGHT
+  value: {{ printf "%d" (int64 $l.maxInflight) | quote }}
+- name: SERVE_BODY_TIMEOUT_S
+  value: {{ printf "%d" (int64 $l.bodyTimeoutSeconds) | quote }}
+- name: SERVE_RETRY_AFTER_S
+  value: {{ printf "%d" (int64 $l.retryAfterSeconds) | quote }}
+{{- end }}
 {{- else -}}
 - name: SERVE_MAX_REQUEST_BYTES
   value: {{ printf "%d" (int64 $l.maxRequestBytes) | quote }}
