@@ -45,6 +45,25 @@ def test_a_run_against_the_kserve_native_runtime_records_the_limits_answers(trai
     assert "| kserve-native | oversize: 16 at once declaring 64 MiB bodies | 16× 413 |" in table
 
 
+@pytest.mark.integration
+def test_torchserve_behind_its_authenticating_proxy_keeps_the_limits(trained, tmp_path, monkeypatch):
+    """The proxy reads each body before TorchServe: bounded in number (max_inflight) and time (408
+    for stalled uploads, which TorchServe alone never answers), oversize refused by its declared size."""
+    monkeypatch.setenv("SERVE_BODY_TIMEOUT_S", "2")
+    monkeypatch.setenv("SERVE_MAX_INFLIGHT", "20")
+    assert abuse.main(["--checkpoint", str(trained), "--out", str(tmp_path), "--runtimes", "torchserve-auth",
+                       "--slow-seconds", "6"]) == 0
+    rows = {r["case"]: r for r in json.loads((tmp_path / "abuse.json").read_text())["runtimes"]["torchserve-auth"]}
+    for case, n in (("max-size", 16), ("max-size ×20", 20)):
+        assert {int(k): v for k, v in rows[case]["statuses"].items()} == {200: n}
+    assert sum(rows["burst"]["statuses"].values()) == 400 and 503 in map(int, rows["burst"]["statuses"])
+    assert set(map(int, rows["burst"]["statuses"])) <= {200, 503}
+    assert {int(k): v for k, v in rows["oversize"]["statuses"].items()} == {413: 16}
+    assert {int(k): v for k, v in rows["slow"]["statuses"].items()} == {408: 16}
+    assert rows["slow"]["normal_request"] == 200
+    assert all(r["served_after"] == 200 for r in rows.values())
+
+
 def test_a_request_that_times_out_counts_as_no_answer_and_a_closed_port_as_closed():
     import socket
     import threading

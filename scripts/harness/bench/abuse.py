@@ -9,6 +9,10 @@ answers, for the cases the request limits exist for (handlers/settings.py Reques
 
     python -m scripts.harness.bench.abuse [--checkpoint runs/fashion-mnist/model.pt] [--out docs/bench]
 
+Runtimes: kserve-native, torchserve, and torchserve-auth (TorchServe behind its exporter's
+authenticating proxy, handlers/auth_proxy.py, every request with a good token: the proxy reads each
+body before TorchServe, so its memory and limits are measured too).
+
 Writes <out>/abuse.{md,json}. Loopback only, bounded: every request has a timeout and the slow
 uploads stop after --slow-seconds."""
 from __future__ import annotations
@@ -33,6 +37,7 @@ import requests
 from PIL import Image
 from tqdm import tqdm
 
+from handlers.auth import bearer
 from handlers.limits import DEFAULT_MAX_BYTES
 from handlers.settings import RequestLimits
 from scripts.harness import machine
@@ -42,7 +47,8 @@ from scripts.serve.process import free_ports
 from scripts.serve.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL, loopback_settings
 from scripts.serve.torchserve import TorchServe
 
-RUNTIMES = ("kserve-native", "torchserve")
+RUNTIMES = ("kserve-native", "torchserve", "torchserve-auth")
+TOKEN = "abuse-token-3c7f"  # torchserve-auth's one accepted token
 
 
 def group_rss_mib(pgid: int) -> float:
@@ -98,9 +104,10 @@ def v1_body(image: bytes) -> bytes:
     return json.dumps({"instances": [{"b64": base64.b64encode(image).decode()}]}).encode()
 
 
-def post(url: str, body: bytes, timeout: float = 120) -> int:
+def post(url: str, body: bytes, timeout: float = 120, headers: dict[str, str] | None = None) -> int:
     try:
-        return requests.post(url, data=body, headers={"Content-Type": "application/json"}, timeout=timeout).status_code
+        return requests.post(url, data=body, headers={"Content-Type": "application/json", **(headers or {})},
+                             timeout=timeout).status_code
     except requests.Timeout:  # before ConnectionError: ConnectTimeout is both
         return -2
     except requests.ConnectionError:
@@ -109,15 +116,16 @@ def post(url: str, body: bytes, timeout: float = 120) -> int:
         return -3
 
 
-def post_head(host: str, path: str, length: int) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+def post_head(host: str, path: str, length: int, headers: dict[str, str] | None = None) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
             f"Content-Length: {length}\r\n\r\n").encode()
 
 
-def declared_only(host: str, port: int, path: str, length: int) -> int:
+def declared_only(host: str, port: int, path: str, length: int, headers: dict[str, str] | None = None) -> int:
     """Headers declaring `length` bytes, then the server's status (-1: closed without one)."""
     with socket.create_connection((host, port), timeout=30) as s:
-        s.sendall(post_head(host, path, length))
+        s.sendall(post_head(host, path, length, headers))
         s.sendall(b"x" * 65536)
         try:
             head = s.recv(4096)
@@ -126,11 +134,12 @@ def declared_only(host: str, port: int, path: str, length: int) -> int:
     return int(head.split()[1]) if head.startswith(b"HTTP/") else -1
 
 
-def stalled(host: str, port: int, path: str, length: int, seconds: float) -> int:
+def stalled(host: str, port: int, path: str, length: int, seconds: float,
+            headers: dict[str, str] | None = None) -> int:
     """10 bytes of a `length`-byte body, then nothing: the status the server answers (-2: none
     within `seconds`)."""
     with socket.create_connection((host, port), timeout=seconds) as s:
-        s.sendall(post_head(host, path, length) + b'{"instance')
+        s.sendall(post_head(host, path, length, headers) + b'{"instance')
         try:
             head = s.recv(4096)
         except socket.timeout:
@@ -148,18 +157,21 @@ def at_once(fn, n: int) -> tuple[Counter, float]:
 
 
 def measure(server, pgid: int, host: str, port: int, path: str, small: bytes, big: bytes,
-            slow_seconds: float, say) -> list[dict]:
+            slow_seconds: float, say, headers: dict[str, str] | None = None) -> list[dict]:
     url = f"http://{host}:{port}{path}"
+
+    def post_(body: bytes, timeout: float = 120) -> int:
+        return post(url, body, timeout, headers)
     rows = []
     size = f"one {len(big) / 2**20:.1f} MiB image each ({len(v1_body(big)) / 2**20:.1f} MiB body)"
     inflight = RequestLimits.from_env().max_inflight
     cases = [
-        ("max-size", f"16 at once, {size}", lambda: at_once(lambda: post(url, v1_body(big)), 16)),
+        ("max-size", f"16 at once, {size}", lambda: at_once(lambda: post_(v1_body(big)), 16)),
         (f"max-size ×{inflight}", f"{inflight} at once, {size}",
-         lambda: at_once(lambda: post(url, v1_body(big)), inflight)),
+         lambda: at_once(lambda: post_(v1_body(big)), inflight)),
         ("oversize", "16 at once declaring 64 MiB bodies",
-         lambda: at_once(lambda: declared_only(host, port, path, 64 * 2**20), 16)),
-        ("burst", "400 small requests at once", lambda: at_once(lambda: post(url, v1_body(small)), 400)),
+         lambda: at_once(lambda: declared_only(host, port, path, 64 * 2**20, headers), 16)),
+        ("burst", "400 small requests at once", lambda: at_once(lambda: post_(v1_body(small)), 400)),
     ]
     for name, what, run in cases:
         say(f"{server}: {name}")
@@ -168,14 +180,14 @@ def measure(server, pgid: int, host: str, port: int, path: str, small: bytes, bi
         rows.append({"case": name, "what": what, "statuses": dict(sorted(statuses.items())), "seconds": round(took, 2),
                      "rss_before_mib": round(rss.before, 1), "rss_peak_mib": round(rss.peak, 1),
                      "rss_added_mib": round(rss.peak - rss.before, 1),
-                     "served_after": post(url, v1_body(small), timeout=30)})
+                     "served_after": post_(v1_body(small), timeout=30)})
     say(f"{server}: slow")
     with PeakRSS(pgid) as rss:
         with ThreadPoolExecutor(17) as pool:
-            slow = [pool.submit(stalled, host, port, path, 1 << 20, slow_seconds) for _ in range(16)]
+            slow = [pool.submit(stalled, host, port, path, 1 << 20, slow_seconds, headers) for _ in range(16)]
             time.sleep(1)
             started = time.perf_counter()
-            normal = post(url, v1_body(small), timeout=slow_seconds)
+            normal = post_(v1_body(small), timeout=slow_seconds)
             normal_s = time.perf_counter() - started
             statuses = Counter(f.result() for f in slow)
     rows.append({"case": "slow", "what": f"16 uploads stalled after 10 bytes (watched {slow_seconds:.0f} s), "
@@ -183,7 +195,7 @@ def measure(server, pgid: int, host: str, port: int, path: str, small: bytes, bi
                  "statuses": dict(sorted(statuses.items())), "normal_request": normal,
                  "normal_request_seconds": round(normal_s, 2), "rss_before_mib": round(rss.before, 1),
                  "rss_peak_mib": round(rss.peak, 1), "rss_added_mib": round(rss.peak - rss.before, 1),
-                 "served_after": post(url, v1_body(small), timeout=30)})
+                 "served_after": post_(v1_body(small), timeout=30)})
     return rows
 
 
@@ -213,7 +225,8 @@ def write_report(out: Path, result: dict) -> None:
              f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; git {m['commit']}",
              f"- limits (handlers/settings.py RequestLimits, from the SERVE_* environment): {result['limits']}",
              "- memory: RSS summed over the server's process group (TorchServe: the Java frontend and "
-             "its Python worker), sampled every 20 ms; client and server share the machine", "",
+             "its Python worker; with -auth its exporter and proxy too), sampled every 20 ms; client and server "
+             "share the machine", "",
              "| runtime | case | answers | seconds | RSS before MiB | peak MiB | added MiB | next request |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for runtime, rows in result["runtimes"].items():
@@ -244,17 +257,21 @@ def main(argv: list[str] | None = None) -> int:
         store = Path(tmp) / "store"
         archive.archive(args.checkpoint, store, DEFAULT_MODEL)
         for runtime in tqdm(args.runtimes, desc="runtimes", disable=not sys.stderr.isatty()):
+            headers = None
             if runtime == "kserve-native":
                 server = KServeRuntime(store / "model-store", Path(tmp) / runtime, *free_ports(2))
                 host, port = server.host, server.http_port
             else:
-                settings = loopback_settings()
-                server = TorchServe(store, settings, Path(tmp) / runtime)
+                settings, token_file = loopback_settings(), None
+                if runtime == "torchserve-auth":
+                    token_file, headers = Path(tmp) / "tokens", bearer(TOKEN)
+                    token_file.write_text(TOKEN + "\n")
+                server = TorchServe(store, settings, Path(tmp) / runtime, token_file=token_file)
                 host, port = settings.host, settings.inference_port
             server.start(timeout=180)
             try:
                 result["runtimes"][runtime] = measure(runtime, os.getpgid(server.proc.pid), host, port, path,
-                                                      buf.getvalue(), big, args.slow_seconds, say)
+                                                      buf.getvalue(), big, args.slow_seconds, say, headers)
             finally:
                 server.stop()
     write_report(args.out, result)
