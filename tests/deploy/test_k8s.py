@@ -184,6 +184,16 @@ def test_notes_hosts_are_the_ones_kserve_makes(values, sets):
     assert "<model>.<namespace>" not in text
 
 
+def test_notes_name_the_metrics_ports_and_the_token_when_auth_is_on():
+    ports = yaml.safe_load((CHART / "values.yaml").read_text())["ports"]
+    text = notes()
+    assert f"port {ports['torchserve']['metrics']} (TorchServe) or {ports['kserveNative']['metrics']} (KServe-native)" in text
+    assert "Authorization" not in text
+    text = notes("-f", str(CI_VALUES / "auth-values.yaml"))
+    assert 'add -H "Authorization: Bearer $TOKEN"' in text
+    assert "get secret image-classifier-tokens -o jsonpath='{.data.tokens}' | base64 -d" in text
+
+
 def test_notes_promise_no_grpc_through_kserves_ingress():
     """KServe's Ingress sends everything to Service port 80, the REST port: Standard-mode NOTES
     give the in-cluster h2c address for gRPC (tests/deploy/kserve_pod.py gateway_target_port)."""
