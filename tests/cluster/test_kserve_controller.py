@@ -42,7 +42,7 @@ pytestmark = pytest.mark.timeout(2700)
 # The Standard-mode values files (knative-canary needs Knative Serving; gpu-values a GPU node:
 # both out of scope here).
 VALUES = [None, "v2-values.yaml", "grpc-v2-values.yaml", "monitoring-off-values.yaml",
-          "s3-servicemonitor-values.yaml", "modelcar-values.yaml"]
+          "s3-servicemonitor-values.yaml", "modelcar-values.yaml", "auth-values.yaml"]
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
 PLAIN_NS = "kserve-dry-run"  # no Pod Security labels: the validating webhook's refusals
 RESTRICTED_NS = "restricted-dry-run"  # Pod Security "restricted": what a modelcar pod meets there

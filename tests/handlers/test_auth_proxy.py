@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -18,7 +20,7 @@ from handlers.auth import bearer
 from scripts.client import grpc_stubs
 from scripts.serve.settings import loopback_settings
 from scripts.serve.torchserve import TorchServe
-from tests.helpers import MODEL_NAME
+from tests.helpers import IMAGENET_NAME, MODEL_NAME
 
 pytestmark = pytest.mark.integration
 
@@ -215,6 +217,20 @@ def test_grpc_refuses_a_missing_or_wrong_token_and_answers_as_torchserve(guarded
             proxied, torchserve = (getattr(services["GRPCInferenceService"](c), method) for c in (public, own))
             # TorchServe's own answer (UNIMPLEMENTED unless its OIP service is on), never a token refusal
             assert outcome(proxied, request) == outcome(torchserve, request) and outcome(proxied, request)[0] != "UNAUTHENTICATED"
+
+
+def test_grpc_calls_beyond_the_in_flight_bound_get_resource_exhausted(guarded, chelsea):
+    """40 calls at once to the ImageNet model (tens of ms each, one worker): the proxy holds
+    MAX_INFLIGHT of them and refuses the rest at once; every other call is answered."""
+    stubs = grpc_stubs.load()
+    s = guarded.settings
+    request = stubs.inference_pb2.PredictionsRequest(model_name=IMAGENET_NAME, input={"data": chelsea})
+    with grpc.insecure_channel(f"{s.host}:{s.grpc_inference_port}") as channel:
+        predictions = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel).Predictions
+        with ThreadPoolExecutor(40) as pool:
+            codes = Counter(pool.map(lambda _: outcome(predictions, request, (("authorization", f"Bearer {GOOD}"),))[0],
+                                     range(40)))
+    assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"} and codes["OK"] >= MAX_INFLIGHT, codes
 
 
 def test_a_rotated_token_file_takes_effect_without_a_restart(guarded, token_file, images):
