@@ -167,6 +167,28 @@ def test_requests_beyond_the_in_flight_bound_get_503_not_memory(guarded, images)
     assert r.status_code == 200
 
 
+def test_expect_100_continue_is_answered_only_for_an_authenticated_caller(guarded, images):
+    """curl sends `Expect: 100-continue` above 1 KiB and waits for it before the body."""
+    s = guarded.settings
+
+    def head(token: str | None) -> bytes:
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        return (f"POST /predictions/{MODEL_NAME} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: image/png\r\n"
+                f"Content-Length: {len(images[0])}\r\nExpect: 100-continue\r\n\r\n").encode()
+
+    with socket.create_connection((s.host, s.inference_port), timeout=5) as sock:
+        sock.sendall(head(None))
+        assert sock.recv(65536).startswith(b"HTTP/1.1 401")  # at once, no 100: the body is never asked for
+    with socket.create_connection((s.host, s.inference_port), timeout=5) as sock:
+        sock.sendall(head(GOOD))
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(images[0])
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200") and b'"' in answer.split(b"\r\n\r\n", 1)[1]
+
+
 def grpc_calls(stubs, image: bytes):
     inf, oip = stubs.inference_pb2, stubs.open_inference_grpc_pb2
     return [("InferenceAPIsService", "Predictions", inf.PredictionsRequest(model_name=MODEL_NAME, input={"data": image})),

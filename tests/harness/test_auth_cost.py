@@ -18,7 +18,7 @@ def test_a_short_run_records_every_variant_against_the_unauthenticated_one(runti
                                                                            tmp_path):
     assert auth_cost.main(["--checkpoint", str(trained), "--data-dir", str(data_dir), "--repeats", "1",
                            "--duration", "1", "--concurrency", "1", "--out", str(tmp_path),
-                           "--runtime", runtime, "--protocol", protocol]) == 0
+                           "--runtime", runtime, "--transport", protocol]) == 0
     stem = auth_cost.stem(runtime, protocol)
     assert stem == {"kserve-native": "auth-cost", "torchserve": "auth-cost-torchserve"}[runtime] + (
         "-grpc" if protocol == "grpc" else "")

@@ -9,7 +9,7 @@ interleaved rounds, medians; each answer checked. Before the rounds, a request w
 must be refused by each authenticated server (401 / UNAUTHENTICATED). Writes
 <out>/auth-cost[-torchserve][-grpc].{md,json}.
 
-    python -m scripts.harness.bench.auth_cost [--runtime kserve-native|torchserve] [--protocol rest|grpc]
+    python -m scripts.harness.bench.auth_cost [--runtime kserve-native|torchserve] [--transport rest|grpc]
         [--checkpoint runs/fashion-mnist/model.pt] [--repeats 5]
 """
 from __future__ import annotations
@@ -89,14 +89,15 @@ def markdown(record: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = variants.get_args_parser("python -m scripts.harness.bench.auth_cost", __doc__)
     parser.add_argument("--runtime", choices=list(RUNTIMES), default="kserve-native")
-    parser.add_argument("--protocol", choices=["rest", "grpc"], default="rest")
+    # not --protocol: kserve, once imported, parses sys.argv for a --protocol of its own
+    parser.add_argument("--transport", choices=["rest", "grpc"], default="rest")
     args = parser.parse_args(argv)
     if not args.checkpoint.exists():
         print(f"auth_cost: error: no checkpoint at {args.checkpoint}: run `make train` first", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="auth-cost-"))
     started, host, refused = time.time(), machine.describe(), {}
-    refusal = "UNAUTHENTICATED" if args.protocol == "grpc" else "401"
+    refusal = "UNAUTHENTICATED" if args.transport == "grpc" else "401"
     try:
         images = models.fashion_mnist_images(args.data_dir, 32)
         archive.archive(args.checkpoint, work / "store", DEFAULT_MODEL)
@@ -112,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                     token_file.write_text("\n".join(tokens) + "\n")
                 server = stack.enter_context(targets.Stopper(start(args.runtime, work / "store", run, token_file)))
                 if count:
-                    refused[name] = refusal_without_token(server, args.protocol, images)
+                    refused[name] = refusal_without_token(server, args.transport, images)
                     if refused[name] != refusal:
                         print(f"auth_cost: error: {name}: a request without the token got {refused[name]}, not {refusal}",
                               file=sys.stderr)
                         return 1
-                plan.append((name, client(server, args.protocol, images, token),
+                plan.append((name, client(server, args.transport, images, token),
                              lambda server=server: targets.group_cpu_seconds(server.proc.pid)))
             send = plan[0][1]()
             expected = [send(i) for i in range(len(images))]
@@ -125,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = variants.record("scripts.harness.bench.auth_cost", argv, started, host, args, len(images), points,
-                             refused_without_token=refused, runtime=args.runtime, protocol=args.protocol,
-                             route=ROUTES[args.runtime, args.protocol])
-    variants.write(args.out, stem(args.runtime, args.protocol), result, markdown(result))
+                             refused_without_token=refused, runtime=args.runtime, transport=args.transport,
+                             route=ROUTES[args.runtime, args.transport])
+    variants.write(args.out, stem(args.runtime, args.transport), result, markdown(result))
     return 0
 
 
