@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import grpc
+import uvloop
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -228,8 +229,9 @@ class AuthProxy:
                  grpc_listen: tuple[str, int]):
         self.rest, self.grpc = RestProxy(upstream, tokens), GrpcProxy(upstream, tokens)
         self.listen = rest_listen, grpc_listen
-        # asyncio's own loop: uvloop measured no lower CPU per request here (0.75 against 0.8 ms)
-        self.loop = asyncio.new_event_loop()
+        # uvloop: against asyncio's loop, interleaved, c=8 1.21x the req/s at 1.95 against 2.36 ms of
+        # CPU per request, c=1 the same (2026-12-01, 2 cores, 5 rounds)
+        self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="auth-proxy", daemon=True)
 
     def start(self, timeout: float = 30) -> "AuthProxy":

@@ -101,10 +101,10 @@ def test_torchserve_image_installs_requirements_pins():
     run = next(a for i, a in instructions(images.DOCKERFILES["torchserve"]) if i == "RUN" and "grep" in a)
     pattern = re.search(r"grep -E '([^']+)'", run).group(1)
     pins = [l for l in (REPO / "requirements.txt").read_text().splitlines() if re.search(pattern, l)]
-    assert len(pins) == 8 and f"-eq {len(pins)}" in run, pins
+    assert len(pins) == 9 and f"-eq {len(pins)}" in run, pins
     assert {p.split("==")[0] for p in pins} == {"torchserve", "pyyaml", "pillow", "numpy", "onnxruntime",
                                                 "prometheus-client",  # the handler's metrics, the exporter
-                                                "aiohttp", "grpcio"}  # the exporter's authenticating proxy
+                                                "aiohttp", "grpcio", "uvloop"}  # the exporter's authenticating proxy
     assert "-c /opt/build/constraints.txt" in run
 
 
