@@ -1,11 +1,12 @@
 """Bearer-token authentication in front of TorchServe. TorchServe 0.12's own token authorization
 draws its keys at random when it starts and cannot take ours, so with authentication on, TorchServe's
-inference listeners stay on loopback and this proxy, run by the pod's exporter (handlers/exporter.py),
+inference listeners move to loopback and this proxy, run by the pod's exporter (handlers/exporter.py),
 holds the public inference ports. It checks the token (REST `Authorization` header, gRPC metadata
 `authorization`) against the token file (handlers/auth.py) before a body is read, then forwards the
 request unchanged: REST with aiohttp, gRPC as raw bytes (no message is decoded), so every TorchServe
-route and method answers as it does without the proxy, errors included, but the streamed
-predictions, which would cost a worker here (see STREAMING).
+route and method answers as it does without the proxy, errors included. The exception: streamed
+predictions, which would cost a worker (see STREAMING). It reads each REST body whole before
+forwarding it, so it also bounds their size, number and arrival time (the runtime's RequestLimits).
 
 Open without a token: the probes (REST /ping and /v2/health/*, gRPC Ping, ServerLive, ServerReady,
 ModelReady) and CORS preflights (a browser sends those without credentials)."""
