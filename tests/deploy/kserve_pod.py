@@ -216,8 +216,9 @@ URL_PORT = re.compile(r"^(\w+://)([^/:]+):(\d+)(.*)$")
 
 def bind_addresses(container: dict) -> dict[int, str]:
     """Port → address it binds, as the manifest says: TorchServe's TS_*_ADDRESS (URL or host with
-    TS_*_PORT) variables, its metrics exporter's --listen and the KServe-native runtime's
-    --host/--*-port flags."""
+    TS_*_PORT) variables, its metrics exporter's --listen (and, with auth, its proxy's
+    --inference-listen and --grpc-listen, which take over TorchServe's ports: read after the TS_*
+    variables, which then name loopback ports) and the KServe-native runtime's --host/--*-port flags."""
     env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
     out: dict[int, str] = {}
     for name, value in env.items():
@@ -233,7 +234,7 @@ def bind_addresses(container: dict) -> dict[int, str]:
     for i, a in enumerate(argv[:-1]):
         if PORT_FLAG.match(a) and host is not None:
             out[int(argv[i + 1])] = host
-        elif a == "--listen":  # handlers/exporter.py's HOST:PORT
+        elif a in ("--listen", "--inference-listen", "--grpc-listen"):  # handlers/exporter.py's HOST:PORT
             listen_host, _, listen_port = argv[i + 1].rpartition(":")
             out[int(listen_port)] = listen_host
     return out
