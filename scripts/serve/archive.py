@@ -88,9 +88,9 @@ def stage(spec: ModelSpec, ckpt: dict, net_file: Path, staging: Path) -> tuple[P
     extra = staging / "extra"
     (extra / "handlers").mkdir(parents=True)
     for src in sorted(HANDLERS_DIR.glob("*.py")):
-        # the archiver puts the entry point at the top level itself; the exporter runs beside
-        # TorchServe, never in a worker
-        if src in (HANDLER_ENTRY, HANDLERS_DIR / "exporter.py"):
+        # the archiver puts the entry point at the top level itself; the exporter and its
+        # authenticating proxy run beside TorchServe, never in a worker
+        if src in (HANDLER_ENTRY, HANDLERS_DIR / "exporter.py", HANDLERS_DIR / "auth_proxy.py"):
             continue
         shutil.copy2(src, extra / "handlers" / src.name)
     if spec.format == "eager":  # an exported network needs no Python class
