@@ -213,7 +213,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     split = argv.index("--")
     ap = argparse.ArgumentParser(prog="python -m handlers.exporter", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--listen", required=True, help="HOST:PORT of the merged /metrics (the pod's metrics port)")
+    ap.add_argument("--listen", required=True, type=host_port, metavar="HOST:PORT",
+                    help="the merged /metrics (the pod's metrics port)")
     ap.add_argument("--frontend-port", type=int, required=True,
                     help="TorchServe's own metrics port, on loopback (the exporter sets TS_METRICS_ADDRESS)")
     ap.add_argument("--config", type=Path, required=True, help="TorchServe's config.properties (its model_snapshot)")
@@ -240,7 +241,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, command = parse_args(sys.argv[1:] if argv is None else argv)
-    host, _, port = args.listen.rpartition(":")
     multiproc = fresh_dir(args.multiproc_dir or Path(tempfile.gettempdir()) / "handler-metrics")
     # this process writes its observations to files there too (read when prometheus_client is
     # first imported, below): one collector merges everything, each family once
@@ -248,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     access_log = AccessLog(args.log_location / ACCESS_LOG_NAME, default_versions(args.config), registry=None)
     stop = threading.Event()
     threading.Thread(target=access_log.follow, args=(stop,), name="access-log", daemon=True).start()
-    server = serve(Exporter(f"http://127.0.0.1:{args.frontend_port}/metrics", multiproc),
-                   host.strip("[]") or "0.0.0.0", int(port))
+    server = serve(Exporter(f"http://127.0.0.1:{args.frontend_port}/metrics", multiproc), *args.listen)
     proxy = None
     if args.token_file:
         from handlers.auth import TokenFile
