@@ -27,6 +27,7 @@ from multidict import CIMultiDict
 from handlers.auth import GRPC_HOW, REST_HOW, TokenFile, challenge, refusal
 from handlers.errors import InputError, Overloaded, RequestTimeout, RequestTooLarge, Unavailable
 from handlers.exporter import TS_GRPC, TS_OIP_GRPC
+from handlers.settings import RequestLimits
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,9 @@ class Upstream:
     rest_url: str  # e.g. http://127.0.0.1:8093
     grpc_target: str  # e.g. 127.0.0.1:7072
     max_request_bytes: int  # TorchServe's max_request_size: refused here before it is read
-    body_timeout_s: float  # a REST body not received whole by then: 408
-    max_inflight: int = 64  # calls inside the proxy at once, reading included: 503 / RESOURCE_EXHAUSTED beyond
-    retry_after_s: int = 1  # Retry-After of each 503
+    # the runtime's bounds, applied here: body_timeout_s (408), max_inflight (503 / RESOURCE_EXHAUSTED
+    # beyond, reading included), retry_after_s (each 503's Retry-After)
+    limits: RequestLimits = RequestLimits()
     cors_origin: str | None = None  # TorchServe's cors_allowed_origin: a refusal carries it too
 
 
@@ -103,9 +104,10 @@ class RestProxy:
         limit = self.upstream.max_request_bytes
         if (request.content_length or 0) > limit:
             return error_response(RequestTooLarge(f"the body is {request.content_length} bytes, over the limit of {limit}"), origin)
-        if self.inflight >= self.upstream.max_inflight:
-            return error_response(Overloaded(f"the server holds {self.upstream.max_inflight} requests already: retry"),
-                                  origin, {"Retry-After": str(self.upstream.retry_after_s)})
+        limits = self.upstream.limits
+        if self.inflight >= limits.max_inflight:
+            return error_response(Overloaded(f"the server holds {limits.max_inflight} requests already: retry"),
+                                  origin, {"Retry-After": str(limits.retry_after_s)})
         self.inflight += 1
         try:
             return await self.forward(request, origin)
@@ -118,11 +120,12 @@ class RestProxy:
             # the caller is authenticated and admitted, so a refused one never sends the body
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
-            body = await asyncio.wait_for(self.read_body(request), self.upstream.body_timeout_s)
+            body = await asyncio.wait_for(self.read_body(request), self.upstream.limits.body_timeout_s)
         except RequestTooLarge as e:
             return error_response(e, origin)
         except asyncio.TimeoutError:
-            return error_response(RequestTimeout(f"the body did not arrive whole within {self.upstream.body_timeout_s:g} s"), origin)
+            return error_response(RequestTimeout(
+                f"the body did not arrive whole within {self.upstream.limits.body_timeout_s:g} s"), origin)
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_HEADERS)
         try:
             async with self.session.request(request.method, self.upstream.rest_url + request.raw_path,
@@ -138,7 +141,7 @@ class RestProxy:
                 return streamed
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
             return error_response(Unavailable(f"TorchServe does not answer ({type(e).__name__})"), origin,
-                                  {"Retry-After": str(self.upstream.retry_after_s)})
+                                  {"Retry-After": str(self.upstream.limits.retry_after_s)})
 
     async def start(self, host: str, port: int) -> None:
         self.session = aiohttp.ClientSession(
@@ -208,7 +211,7 @@ class GrpcProxy:
         limit = self.upstream.max_request_bytes
         self.channel = grpc.aio.insecure_channel(self.upstream.grpc_target, options=[
             ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", -1)])
-        self.server = grpc.aio.server(maximum_concurrent_rpcs=self.upstream.max_inflight, options=[
+        self.server = grpc.aio.server(maximum_concurrent_rpcs=self.upstream.limits.max_inflight, options=[
             ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", -1)])
         self.server.add_generic_rpc_handlers((GrpcPassThrough(self.channel, self.tokens),))
         if self.server.add_insecure_port(f"{host}:{port}") == 0:

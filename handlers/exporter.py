@@ -58,16 +58,12 @@ def snapshot(config: Path) -> dict[str, dict[str, dict]]:
     raise ValueError(f"{config} has no model_snapshot line")
 
 
-def torchserve_setting(name: str, config: Path, env=os.environ) -> str | None:
-    """A setting as TorchServe reads it: TS_<NAME> (our config.properties sets
-    enable_envvars_config=true) over the config.properties line."""
-    if f"TS_{name.upper()}" in env:
-        return env[f"TS_{name.upper()}"]
-    for line in Path(config).read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key.strip() == name:
-            return value.strip()
-    return None
+def torchserve_settings(config: Path, env=os.environ) -> dict[str, str]:
+    """TorchServe's settings as it reads them: config.properties, with TS_<NAME> variables over
+    each line (our config.properties sets enable_envvars_config=true)."""
+    lines = (line.partition("=") for line in Path(config).read_text().splitlines())
+    settings = {key.strip(): value.strip() for key, sep, value in lines if sep and not key.lstrip().startswith("#")}
+    return {**settings, **{k[3:].lower(): v for k, v in env.items() if k.startswith("TS_")}}
 
 
 def proxied_upstream(config: Path, env=os.environ):
@@ -78,9 +74,8 @@ def proxied_upstream(config: Path, env=os.environ):
     from handlers.auth_proxy import Upstream
     from handlers.settings import RequestLimits
 
-    rest = torchserve_setting("inference_address", config, env)
-    grpc_host = torchserve_setting("grpc_inference_address", config, env)
-    grpc_port = torchserve_setting("grpc_inference_port", config, env)
+    ts = torchserve_settings(config, env)
+    rest, grpc_host, grpc_port = (ts.get(k) for k in ("inference_address", "grpc_inference_address", "grpc_inference_port"))
     if not (rest and grpc_host and grpc_port):
         raise SystemExit("exporter: error: authentication needs TorchServe's inference_address, grpc_inference_address "
                          "and grpc_inference_port (TS_* variables or config.properties)")
@@ -88,12 +83,10 @@ def proxied_upstream(config: Path, env=os.environ):
         if host not in LOOPBACK:
             raise SystemExit(f"exporter: error: TorchServe's {what} is on {host}, not loopback: callers could reach it "
                              "without a token (the chart moves it to loopback when auth.enabled)")
-    cors = torchserve_setting("cors_allowed_origin", config, env)
-    limits = RequestLimits.from_env(env)
+    cors = ts.get("cors_allowed_origin")
     return Upstream(rest_url=rest.rstrip("/"), grpc_target=f"{grpc_host}:{grpc_port}",
-                    max_request_bytes=int(torchserve_setting("max_request_size", config, env) or TS_DEFAULT_MAX_REQUEST_SIZE),
-                    body_timeout_s=limits.body_timeout_s, max_inflight=limits.max_inflight,
-                    retry_after_s=limits.retry_after_s, cors_origin=None if cors in (None, "", "*") else cors)
+                    max_request_bytes=int(ts.get("max_request_size") or TS_DEFAULT_MAX_REQUEST_SIZE),
+                    limits=RequestLimits.from_env(env), cors_origin=None if cors in (None, "", "*") else cors)
 
 
 def host_port(value: str) -> tuple[str, int]:

@@ -171,7 +171,7 @@ def test_the_proxy_forwards_to_torchserve_on_loopback_only(tmp_path):
     # TorchServe's TS_* variables win over the file, as TorchServe reads them
     env = {"TS_MAX_REQUEST_SIZE": "2000", "TS_GRPC_INFERENCE_PORT": "7099", "SERVE_BODY_TIMEOUT_S": "7"}
     upstream = exporter.proxied_upstream(config, env=env)
-    assert (upstream.grpc_target, upstream.max_request_bytes, upstream.body_timeout_s) == ("127.0.0.1:7099", 2000, 7)
+    assert (upstream.grpc_target, upstream.max_request_bytes, upstream.limits.body_timeout_s) == ("127.0.0.1:7099", 2000, 7)
     for public in ({"TS_INFERENCE_ADDRESS": "http://0.0.0.0:8080"}, {"TS_GRPC_INFERENCE_ADDRESS": "10.0.0.7"}):
         with pytest.raises(SystemExit, match="not loopback"):
             exporter.proxied_upstream(config, env=public)
@@ -180,11 +180,13 @@ def test_the_proxy_forwards_to_torchserve_on_loopback_only(tmp_path):
 def test_the_proxy_answers_503_while_torchserve_is_down(tmp_path):
     from handlers.auth import TokenFile
     from handlers.auth_proxy import AuthProxy, Upstream
+    from handlers.settings import RequestLimits
 
     tokens = tmp_path / "tokens"
     tokens.write_text("t0k\n")
     rest, grpc_port, dead_rest, dead_grpc = free_ports(4)  # nothing listens on the last two
-    upstream = Upstream(f"http://127.0.0.1:{dead_rest}", f"127.0.0.1:{dead_grpc}", max_request_bytes=1000, body_timeout_s=5)
+    upstream = Upstream(f"http://127.0.0.1:{dead_rest}", f"127.0.0.1:{dead_grpc}", max_request_bytes=1000,
+                        limits=RequestLimits(body_timeout_s=5))
     proxy = AuthProxy(upstream, TokenFile(tokens), ("127.0.0.1", rest), ("127.0.0.1", grpc_port)).start()
     try:
         r = requests.post(f"http://127.0.0.1:{rest}/predictions/m", data=b"x", headers={"Authorization": "Bearer t0k"}, timeout=10)

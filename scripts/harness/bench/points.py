@@ -103,4 +103,3 @@ def aggregate(rounds: list[dict]) -> dict:
             **{k: round(med(k), 3) for k in ("p50_ms", "p95_ms", "p99_ms")},
             "server_cpu_ms": None if med("server_cpu_ms") is None else round(med("server_cpu_ms"), 3),
             **({"first_error": first_error} if first_error else {})}
-
