@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from handlers.accel import AccelError, ResolvedOptions
-from handlers.spec import ModelSpec
+from handlers.spec import ONNX_FORMATS, ModelSpec
 
 
 def import_module_file(path: Path):
@@ -29,8 +29,8 @@ def import_module_file(path: Path):
 
 class OnnxNetwork:
     """An ONNX Runtime session with the call signature of a torch network. ONNX Runtime chooses its
-    own memory layout and kernels; it runs fp32 on the CPU (the onnxruntime wheel here has no GPU
-    provider: a GPU archive stays eager)."""
+    own memory layout and kernels; it runs on the CPU (the onnxruntime wheel here has no GPU
+    provider: a GPU archive stays eager), fp32 in and out, an int8 network's quantization inside."""
 
     def __init__(self, path: Path, options: ResolvedOptions):
         if options.device.type != "cpu" or options.dtype != torch.float32 or options.compile:
@@ -59,7 +59,7 @@ def load_torchscript(path: Path) -> torch.nn.Module:
 def load_network(model_dir: Path, spec: ModelSpec, options: ResolvedOptions) -> torch.nn.Module | OnnxNetwork:
     """The archive's network on the CPU (the classifier moves a torch network where it runs)."""
     path = Path(model_dir) / spec.network_file
-    if spec.format == "onnx":
+    if spec.format in ONNX_FORMATS:
         return OnnxNetwork(path, options)
     if spec.format == "torchscript":
         if options.compile:

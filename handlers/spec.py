@@ -14,7 +14,9 @@ SPEC_FILE = "model_spec.json"
 WEIGHTS_FILE = "weights.pt"
 # How the network travels: eager (the state dict + the network's own file, rebuilt in PyTorch) or
 # exported by model/export.py (a graph that needs no Python class). Each format's file in the archive.
-NETWORK_FILES = {"eager": WEIGHTS_FILE, "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+NETWORK_FILES = {"eager": WEIGHTS_FILE, "torchscript": "model.torchscript.pt", "onnx": "model.onnx",
+                 "onnx-int8": "model.int8.onnx"}
+ONNX_FORMATS = ("onnx", "onnx-int8")  # run by ONNX Runtime
 
 
 @dataclass(frozen=True)

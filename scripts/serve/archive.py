@@ -6,9 +6,10 @@ layout beside it (<out>/config/config.properties + <out>/model-store/<name>.mar)
 
 The archive carries only what serving needs: model_spec.json (labels, preprocessing spec,
 architecture, serving policy, format), the handlers package and the network: with `--format
-eager` (the default) weights.pt and the network's own file; with `--format torchscript|onnx` the
-network exported by model/export.py (checked against the eager network first), which TorchServe
-runs through the same handler and the KServe-native runtime through the same model class.
+eager` (the default) weights.pt and the network's own file; with `--format torchscript|onnx|onnx-int8`
+the network exported by model/export.py (checked against the eager network first; int8 calibrated
+on the checkpoint's training images from `--data-dir`, else on real photos), which TorchServe runs
+through the same handler and the KServe-native runtime through the same model class.
 """
 from __future__ import annotations
 
@@ -78,13 +79,16 @@ def model_spec_from_checkpoint(ckpt: dict, name: str, version: str, topk: int = 
     return spec, arch.file, why
 
 
-def stage(spec: ModelSpec, ckpt: dict, net_file: Path, staging: Path) -> tuple[Path, Path]:
+def stage(spec: ModelSpec, ckpt: dict, net_file: Path, staging: Path,
+          data_dir: Path | None = None) -> tuple[Path, Path]:
     """Lay out the archive's files: returns (the network's file, extra-files directory)."""
     if spec.format == "eager":
         network = staging / WEIGHTS_FILE
         torch.save(ckpt["state_dict"], network)
     else:
-        network, _ = export.export_checkpoint(ckpt, spec.format, staging / "export")
+        network, info = export.export_checkpoint(ckpt, spec.format, staging / "export", data_dir=data_dir)
+        if "calibration" in info:
+            log.info("%s: int8 calibrated on %s", spec.name, info["calibration"])
     extra = staging / "extra"
     (extra / "handlers").mkdir(parents=True)
     for src in sorted(HANDLERS_DIR.glob("*.py")):
@@ -99,10 +103,10 @@ def stage(spec: ModelSpec, ckpt: dict, net_file: Path, staging: Path) -> tuple[P
     return network, extra
 
 
-def build_mar(spec: ModelSpec, ckpt: dict, net_file: Path, model_store: Path) -> Path:
+def build_mar(spec: ModelSpec, ckpt: dict, net_file: Path, model_store: Path, data_dir: Path | None = None) -> Path:
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="archive-") as tmp:
-        network, extra = stage(spec, ckpt, net_file, Path(tmp))
+        network, extra = stage(spec, ckpt, net_file, Path(tmp), data_dir)
         cmd = [sys.executable, "-m", "model_archiver.model_packaging",
                "--model-name", spec.name, "--version", spec.version,
                "--serialized-file", str(network), "--handler", str(HANDLER_ENTRY),
@@ -189,12 +193,12 @@ def write_config(out: Path, settings: ServingSettings | None = None,
 def archive(checkpoint_path: Path, out: Path, name: str, version: str = DEFAULT_VERSION, topk: int = 5,
             model_settings: ModelServingSettings | None = None, protocol: str = "native",
             frontend: FrontendSettings | None = None, fmt: str = "eager",
-            source: dict | None = None) -> tuple[Path, Path]:
+            source: dict | None = None, data_dir: Path | None = None) -> tuple[Path, Path]:
     model_settings = model_settings or ModelServingSettings()
     ckpt = checkpoint.load(checkpoint_path)
     spec, net_file, why = model_spec_from_checkpoint(ckpt, name, version, topk, model_settings, fmt, source)
     log.info("%s v%s (%s): %s: %s", name, version, fmt, why, spec.serving)
-    mar = build_mar(spec, ckpt, net_file, out / "model-store")
+    mar = build_mar(spec, ckpt, net_file, out / "model-store", data_dir)
     # the policy is in the archive now: the config reads it from there (no override twice)
     return mar, write_config(out, model_settings=ModelServingSettings(response_timeout_s=model_settings.response_timeout_s),
                              protocol=protocol, frontend=frontend)
@@ -225,8 +229,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5, help="labels returned per prediction by default")
     p.add_argument("--out", type=Path, default=Path("build/serve"), help="storage layout root")
     p.add_argument("--format", choices=["eager", *export.FORMATS], default="eager",
-                   help="eager: the state dict and the network's Python file; torchscript or onnx: the "
-                        "exported network (model/export.py), ONNX run by ONNX Runtime")
+                   help="eager: the state dict and the network's Python file; torchscript, onnx or onnx-int8: "
+                        "the exported network (model/export.py), ONNX run by ONNX Runtime")
+    p.add_argument("--data-dir", type=Path, default=Path("data"),
+                   help="onnx-int8: calibrate on the checkpoint's training images from here (else on real photos)")
     p.add_argument("--policy", choices=["auto", *POLICIES], default="auto",
                    help="serving policy (scripts/serve/policy.py); auto: from the model's FLOPs per image")
     p.add_argument("--workers", type=int, help="forward passes at once (default: the policy's, as below)")
@@ -255,7 +261,8 @@ def main(argv=None) -> int:
                                     torch_threads=args.torch_threads,
                                     channels_last=None if args.channels_last is None else args.channels_last == "true",
                                     max_image_bytes=args.max_image_bytes, max_image_pixels=args.max_image_pixels)
-    common = dict(topk=args.topk, model_settings=settings, protocol=args.protocol, fmt=args.format)
+    common = dict(topk=args.topk, model_settings=settings, protocol=args.protocol, fmt=args.format,
+                  data_dir=args.data_dir)
     try:
         if args.from_registry:
             mar, config = archive_registered(args.from_registry, args.registry_uri or tracking.default_uri(), args.out,

@@ -35,7 +35,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from handlers.preprocess import PreprocessSpec
-from handlers.spec import ServingPolicy
+from handlers.spec import ONNX_FORMATS, ServingPolicy
 
 # A pass of 100 MFLOPs takes a few milliseconds on one core of these CPUs: above it the server's
 # own per-request work is small beside the pass.
@@ -61,6 +61,6 @@ def choose(net: torch.nn.Module, spec: PreprocessSpec, fmt: str = "eager") -> tu
     heavy = flops >= HEAVY_FLOPS
     why = (f"{'heavy' if heavy else 'light'} model: {flops / 1e6:,.0f} MFLOPs per image "
            f"({'≥' if heavy else '<'} {HEAVY_FLOPS / 1e6:.0f})")
-    if heavy and fmt == "onnx" and flops < PARALLEL_BELOW_FLOPS:
+    if heavy and fmt in ONNX_FORMATS and flops < PARALLEL_BELOW_FLOPS:
         return PARALLEL, why + f"; ONNX under {PARALLEL_BELOW_FLOPS / 1e9:.0f} GFLOPs: single-thread passes side by side"
     return (HEAVY if heavy else LIGHT), why

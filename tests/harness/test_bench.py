@@ -190,10 +190,27 @@ def test_real_size_targets_and_the_share_of_the_limit():
               pt("kserve-rest-onnx", 1, 30, 30), pt("kserve-rest-onnx", 8, 66, 120), pt("torchserve-rest-onnx", 8, 50, 160)]
     report.add_ratios(points, {"end_to_end_images_per_s": 80.0})
     checks = {v["check"]: v for v in report.verdicts(points, "resnet50")}
-    assert [v["met"] for v in checks.values()] == [True, True, False, False, True, True, True]
+    # the int8 archive was not measured: its three checks are misses, and no int8 limit check
+    assert [v["met"] for v in checks.values()] == [True, True, False, False, True, True, False, False, False, True]
     assert checks["kserve-rest throughput ≥ 1.5× the baseline at concurrency 8"]["value"] == pytest.approx(1.628, abs=1e-3)
     best = checks["best served path (kserve-rest) ≥ 0.8× the in-process limit at concurrency 8"]
     assert best["value"] == 0.875 and best["verdict"] == "MET"  # 70 of 80 images/s
+
+
+def test_int8_paths_are_judged_against_the_int8_limit_only():
+    """int8 answers differently: it never raises the fp32 paths' limit, nor counts as their best."""
+    points = [pt("fastapi-baseline", 1, 10, 100), pt("fastapi-baseline", 8, 10, 800),
+              pt("kserve-rest-onnx", 8, 18, 400), pt("kserve-rest-int8", 1, 50, 20), pt("kserve-rest-int8", 8, 60, 130),
+              pt("torchserve-rest-int8", 8, 45, 170)]
+    report.add_ratios(points, {"end_to_end_images_per_s": 20.0, "int8": {"end_to_end_images_per_s": 70.0}})
+    x_limit = {(p["target"], p["concurrency"]): p["x_limit"] for p in points}
+    assert x_limit[("kserve-rest-onnx", 8)] == 0.9 and x_limit[("kserve-rest-int8", 8)] == pytest.approx(0.857, abs=1e-3)
+    checks = {v["check"]: v for v in report.verdicts(points, "resnet50")}
+    assert checks["best served path (kserve-rest-onnx) ≥ 0.8× the in-process limit at concurrency 8"]["met"]
+    int8 = checks["best served path (kserve-rest-int8) ≥ 0.8× the int8 in-process limit at concurrency 8"]
+    assert int8["value"] == pytest.approx(0.857, abs=1e-3) and int8["verdict"] == "MET"
+    assert checks["kserve-rest-int8 throughput ≥ 1.5× the baseline at concurrency 8"]["value"] == 6.0
+    assert checks["torchserve-rest-int8 throughput ≥ 1.0× the baseline at concurrency 8"]["value"] == 4.5
 
 
 def test_the_limit_sweeps_batch_threads_and_memory_format(tmp_path):
@@ -214,6 +231,27 @@ def test_the_limit_sweeps_batch_threads_and_memory_format(tmp_path):
     assert all(r["images_per_s"] > 0 for r in result["rows"])
     assert result["best"]["images_per_s"] == max(r["images_per_s"] for r in result["rows"])
     assert 0 < result["end_to_end_images_per_s"] < result["best"]["images_per_s"]
+    assert "int8" not in result  # only when asked
+
+
+def test_the_int8_limit_is_its_own(tmp_path):
+    """The int8 export swept beside fp32: its rows are marked, its best is its own limit, and the
+    fp32 limit is the best of the fp32 rows alone."""
+    from model import checkpoint, data, nets
+    from scripts.harness.bench import limit
+
+    spec = data.DATASETS["fashion-mnist"].spec
+    kwargs = nets.arch_kwargs("small_cnn", num_classes=10, in_channels=1, width=8)
+    ckpt = checkpoint.save(tmp_path / "cnn.pt", nets.build("small_cnn", **kwargs), arch="small_cnn",
+                           arch_kwargs=kwargs, labels=[str(i) for i in range(10)], spec=spec, args={}, epoch=0)
+    result = limit.sweep(ckpt, _pngs(4), batches=(1,), threads=(1,), seconds=0.05, int8=True)
+    fp32 = [r for r in result["rows"] if not r.get("int8")]
+    int8 = [r for r in result["rows"] if r.get("int8")]
+    assert [(r["batch"], r["threads"], r["onnx"]) for r in int8] == [(1, 1, True)]
+    assert result["best"]["images_per_s"] == max(r["images_per_s"] for r in fp32)
+    assert result["int8"]["best"] == int8[0] and result["int8"]["best_setting"].endswith("ONNX Runtime int8")
+    assert 0 < result["int8"]["end_to_end_images_per_s"] < int8[0]["images_per_s"]
+    assert "| ONNX Runtime int8 | 1 | 1 | – |" in "\n".join(limit.table(result))
 
 
 def _pngs(n: int) -> list[bytes]:

@@ -1,6 +1,7 @@
 """model/export.py: every architecture of the registry exports to TorchScript and ONNX with the
-eager network's answers on real photos; the CLI writes the network and its description; a
-network that does not export, or exports to something else, is a clear error."""
+eager network's answers on real photos, and to int8 within its tolerance; the CLI writes the
+network and its description (with the accuracy on labelled test images); a network that does not
+export, or exports to something else, is a clear error."""
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ def photos() -> torch.Tensor:
 
 
 @pytest.mark.integration  # about 90 s for all of them
-@pytest.mark.parametrize("fmt", export.FORMATS)
+@pytest.mark.parametrize("fmt", export.EXACT_FORMATS)
 @pytest.mark.parametrize("name", sorted(nets.ARCHS))
 def test_every_architecture_exports_with_the_eager_answers_on_real_photos(name, fmt, photos, tmp_path):
     torch.manual_seed(0)
@@ -65,7 +66,7 @@ def test_an_unknown_format_is_refused(tmp_path):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("fmt", export.FORMATS)
+@pytest.mark.parametrize("fmt", export.EXACT_FORMATS)
 def test_the_cli_exports_a_trained_checkpoint_checked_on_its_test_images(trained, data_dir, fmt, tmp_path, capsys):
     assert export.main(["--checkpoint", str(trained), "--format", fmt, "--out", str(tmp_path),
                         "--data-dir", str(data_dir), "--check-images", "50"]) == 0
@@ -90,3 +91,59 @@ def test_an_onnx_export_holds_no_path_of_the_machine_that_built_it(tmp_path):
     path = export.export_network(net, PHOTO, "onnx", tmp_path / "net.onnx")
     assert str(Path(nets.__file__).parents[1]).encode() not in path.read_bytes()
     assert b"small_cnn.py" not in path.read_bytes()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "mobilenet_v3_small", "efficientnet_lite"])
+def test_int8_exports_stay_close_to_the_eager_answers_on_real_photos(name, photos, tmp_path):
+    """Calibrated on real photos, checked on them: the probabilities move by at most the int8
+    tolerance, and the file holds int8 weights (QDQ) ONNX Runtime runs."""
+    import onnx
+
+    torch.manual_seed(0)
+    size = {nets.ARCHS[name].size_kwarg: SIDE} if nets.ARCHS[name].size_kwarg else {}
+    net = nets.build(name, num_classes=6, in_channels=3, **SMALL.get(name, {}), **size).eval()
+    path = export.export_network(net, PHOTO, "onnx-int8", tmp_path / "net.int8.onnx", calibration=photos)
+    result = export.check_parity(net, path, "onnx-int8", photos)
+    assert result["max_abs_diff"] <= export.INT8_TOLERANCE
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    initializers = onnx.load(str(path)).graph.initializer
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in initializers)  # weights stored as int8
+
+
+def test_int8_needs_calibration_images(tmp_path):
+    with pytest.raises(export.ExportError, match="onnx-int8 needs calibration images"):
+        export.export_network(DataDependent(), PHOTO, "onnx-int8", tmp_path / "net.int8.onnx")
+
+
+@pytest.mark.integration
+def test_the_cli_quantizes_a_trained_checkpoint_and_measures_its_accuracy(trained, data_dir, tmp_path, capsys):
+    assert export.main(["--checkpoint", str(trained), "--format", "onnx-int8", "--out", str(tmp_path),
+                        "--data-dir", str(data_dir), "--check-images", "50", "--accuracy-images", "2000"]) == 0
+    info = json.loads((tmp_path / "export.json").read_text())
+    assert info["file"] == "model.int8.onnx" and info["calibration"] == "128 fashion-mnist training images"
+    accuracy = info["accuracy"]
+    assert accuracy["images"] == 2000 and accuracy["eager"] > 0.6  # a 2-epoch subset run
+    assert abs(accuracy["change_pp"]) <= 100 * export.INT8_MAX_ACCURACY_DROP
+    assert accuracy["change_pp"] == pytest.approx(100 * (accuracy["exported"] - accuracy["eager"]), abs=0.01)
+    assert info["parity"]["images"] == 50 and info["parity"]["max_abs_diff"] <= export.INT8_TOLERANCE
+    out = capsys.readouterr().out
+    assert "int8 calibrated on 128 fashion-mnist training images" in out
+    assert "top-1 accuracy on 2000 labelled test images" in out
+
+
+@pytest.mark.integration
+def test_an_int8_export_that_loses_accuracy_is_refused(trained, data_dir, tmp_path):
+    """Calibrated on images a hundred times fainter than served, activations clip: the trained
+    network's int8 form answers wrongly, and both checks refuse it."""
+    from model import checkpoint
+
+    ckpt = checkpoint.load(trained)
+    net, spec = checkpoint.build_net(ckpt), checkpoint.preprocess_spec(ckpt)
+    images, labels = export.dataset_test_images(ckpt, data_dir, 500)
+    path = export.export_network(net, spec, "onnx-int8", tmp_path / "net.int8.onnx", calibration=images * 1e-2)
+    with pytest.raises(export.ExportError, match=r"loses \d+\.\d% top-1 accuracy on 500 labelled images"):
+        export.check_accuracy(net, path, "onnx-int8", (images, labels))
+    with pytest.raises(export.ExportError, match="the onnx-int8 export differs from the eager network"):
+        export.check_parity(net, path, "onnx-int8", images[:64])

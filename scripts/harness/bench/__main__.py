@@ -1,7 +1,8 @@
 """`make bench`: the same model and images through (a) the handler in-process, (b) TorchServe REST,
 (c) TorchServe gRPC, (d) the KServe-native runtime over REST and gRPC, and (e) a FastAPI baseline
 written the way people write one today; the `-onnx` targets run (a), (b) and (d) on the same
-checkpoint archived as ONNX (ONNX Runtime: model/export.py); concurrency levels, batch settings, throughput and
+checkpoint archived as ONNX (ONNX Runtime: model/export.py), the `-int8` targets (a), (b) and (d)
+REST on it quantized to int8 (model/quantize.py); concurrency levels, batch settings, throughput and
 p50/p95/p99, ratios to (a) and (e) from the same run. Loopback only, bounded in time: each point
 runs `--duration` seconds after a warm-up. Writes <out>/bench.{json,md,png} (other models than the
 default: bench-<model>.*).
@@ -42,8 +43,10 @@ from scripts.serve.settings import DEFAULT_CHECKPOINT, DEFAULT_MODEL, ModelServi
 
 # The serving paths, by name (--targets); the in-process one is measured one request at a time.
 TARGETS = ("in-process", "fastapi-baseline", "fastapi-1-thread", "kserve-rest", "kserve-grpc", "torchserve-rest",
-           "torchserve-grpc", "in-process-onnx", "kserve-rest-onnx", "kserve-grpc-onnx", "torchserve-rest-onnx")
+           "torchserve-grpc", "in-process-onnx", "kserve-rest-onnx", "kserve-grpc-onnx", "torchserve-rest-onnx",
+           "in-process-int8", "kserve-rest-int8", "torchserve-rest-int8")
 ONNX = "-onnx"  # the suffix of the targets (and the served name) of the ONNX archive
+INT8 = "-int8"  # ... and of its int8 form; its answers are checked against its own in-process ones
 
 
 def inprocess_batches(classifier, images: list[bytes], sizes: list[int], seconds: float) -> list[dict]:
@@ -122,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     servers: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="bench-"))
-    torch_thread = ThreadPoolExecutor(1, thread_name_prefix="torch")
-    onnx_thread = ThreadPoolExecutor(1, thread_name_prefix="onnx")  # the ONNX archive's, as the runtime gives each model its own
+    # each archive's in-process work on its own thread, as the runtime gives each model its own
+    torch_thread, onnx_thread, int8_thread = (ThreadPoolExecutor(1, thread_name_prefix=n) for n in ("torch", "onnx", "int8"))
     started = time.time()
     load_average = {"start": [round(x, 2) for x in os.getloadavg()]}
     try:
@@ -134,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def on_onnx(fn, *args, **kwargs):
             return onnx_thread.submit(fn, *args, **kwargs).result()
+
+        def on_int8(fn, *args, **kwargs):
+            return int8_thread.submit(fn, *args, **kwargs).result()
         images = on_torch(model.images, args.data_dir, args.images)
         checkpoint = on_torch(model.make_checkpoint, work) if model.make_checkpoint else args.checkpoint
         store = work / "store"
@@ -146,7 +152,18 @@ def main(argv: list[str] | None = None) -> int:
             onnx_mar, _ = on_torch(archive.archive, checkpoint, store, name + ONNX, fmt="onnx")
             onnx_serving = read_spec(onnx_mar).serving
             onnx_classifier = on_onnx(targets.load_inprocess, onnx_mar, work / "unpacked-onnx")
-        limit_result = on_torch(limit.sweep, checkpoint, images, seconds=args.duration / 2) if args.limit else None
+        int8 = any(t.endswith(INT8) for t in args.targets)
+        if int8:
+            int8_mar, _ = on_torch(archive.archive, checkpoint, store, name + INT8, fmt="onnx-int8",
+                                   data_dir=args.data_dir)
+            int8_serving = read_spec(int8_mar).serving
+            int8_classifier = on_int8(targets.load_inprocess, int8_mar, work / "unpacked-int8")
+            int8_expected = [next(iter(on_int8(int8_classifier.predict, [img])[0])) for img in images]
+            changed = sum(a != b for a, b in zip(int8_expected, expected))
+            notes.append(f"int8: top-1 differs from the fp32 handler's on {changed} of {len(images)} images; the "
+                         "-int8 targets are checked against the int8 archive's own in-process answers")
+        limit_result = (on_torch(limit.sweep, checkpoint, images, seconds=args.duration / 2, int8=int8, data_dir=args.data_dir)
+                        if args.limit else None)
         results_batches = (on_torch(inprocess_batches, classifier, images, args.inprocess_batches, args.duration / 2)
                            if "in-process" in args.targets else [])
 
@@ -159,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             if "in-process-onnx" in args.targets:
                 plan.append(("in-process-onnx", targets.inprocess_client(onnx_classifier, images, on_onnx), [1], None,
                              expected))
+            if "in-process-int8" in args.targets:
+                plan.append(("in-process-int8", targets.inprocess_client(int8_classifier, images, on_int8), [1], None,
+                             int8_expected))
             for target, threads in (("fastapi-baseline", None), ("fastapi-1-thread", 1)):
                 if target in args.targets:
                     base = stack.enter_context(targets.Stopper(
@@ -175,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                         notes.append(f"{target}: top-1 differs from the handler's on {sum(a != b for a, b in zip(own, expected))} "
                                      f"of {len(images)} images (torchvision's resizing); checked against its own answers")
                     plan.append((target, client, levels, base, own))
-            if {"kserve-rest", "kserve-grpc", "kserve-rest-onnx", "kserve-grpc-onnx"} & set(args.targets):
+            if {"kserve-rest", "kserve-grpc", "kserve-rest-onnx", "kserve-grpc-onnx", "kserve-rest-int8"} & set(args.targets):
                 rt = stack.enter_context(targets.Stopper(
                     targets.start_kserve(store, work / "kserve", tuple(shlex.split(args.kserve_args)))))
                 servers.append(f"KServe-native runtime: scripts/runtime/ {args.kserve_args}(REST raw bytes on the "
@@ -188,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
                     target = ("kserve-rest" if client is targets.kserve_rest_client else "kserve-grpc") + ONNX
                     if target in args.targets:
                         plan.append((target, client(rt, name + ONNX, images), levels, rt, expected))
-            if {"torchserve-rest", "torchserve-grpc", "torchserve-rest-onnx"} & set(args.targets):
+                if "kserve-rest-int8" in args.targets:
+                    plan.append(("kserve-rest-int8", targets.kserve_rest_client(rt, name + INT8, images), levels, rt,
+                                 int8_expected))
+            if {"torchserve-rest", "torchserve-grpc", "torchserve-rest-onnx", "torchserve-rest-int8"} & set(args.targets):
                 own_setting = (serving.batch_size, serving.max_batch_delay_ms, serving.torchserve_worker_count)
                 variants = [(None, None, None)] + [
                     (size, delay, workers) for size, delay, workers in args.torchserve_batch
@@ -211,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
                     if n == 0 and "torchserve-rest-onnx" in args.targets:
                         plan.append(("torchserve-rest-onnx", targets.torchserve_rest_client(ts, name + ONNX, images), levels,
                                      ts, expected))
+                    if n == 0 and "torchserve-rest-int8" in args.targets:
+                        plan.append(("torchserve-rest-int8", targets.torchserve_rest_client(ts, name + INT8, images), levels,
+                                     ts, int8_expected))
 
             total = args.repeats * sum(len(step[2]) for step in plan)
             with tqdm(total=total, desc=f"bench {args.bench_model}", unit="point") as bar:
@@ -231,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                                            f"answers: {point.get('first_error', '')}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        torch_thread.shutdown()
-        onnx_thread.shutdown()
+        for thread in (torch_thread, onnx_thread, int8_thread):
+            thread.shutdown()
     load_average["end"] = [round(x, 2) for x in os.getloadavg()]
 
     points = [aggregate(rs) for rs in rounds.values()]
@@ -248,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration, "warmup_s": args.warmup, "repeats": args.repeats,
         "wall_s": round(time.time() - started, 1), "serving_policy": serving.to_dict(),
         **({"onnx_serving_policy": onnx_serving.to_dict()} if onnx else {}),
+        **({"int8_serving_policy": int8_serving.to_dict()} if int8 else {}),
         "servers": "; ".join(servers), "points": points,
         "inprocess_batches": results_batches, "limit": limit_result, "notes": notes,
     }

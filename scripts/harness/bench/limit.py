@@ -3,9 +3,11 @@ second through the forward pass, preprocessed tensors in), swept over batch size
 memory format (contiguous, channels_last), optionally × torch.compile, and the network exported
 to ONNX and run by ONNX Runtime (model/export.py, as an ONNX archive runs); and what decoding and
 preprocessing one request's image costs on one thread, through the handler's own code. A served
-path is judged against this: no server can beat the forward pass it runs.
+path is judged against this: no server can beat the forward pass it runs. With `--int8` the int8
+export (model/quantize.py) is swept too, as a limit of its own: it answers differently, so it
+never raises the fp32 paths' limit.
 
-    python -m scripts.harness.bench.limit --bench-model imagenet [--compile] [--no-onnx] [--out docs/bench]
+    python -m scripts.harness.bench.limit --bench-model imagenet [--compile] [--no-onnx] [--int8] [--out docs/bench]
 """
 from __future__ import annotations
 
@@ -37,9 +39,11 @@ class Setting:
     channels_last: bool
     compiled: bool = False
     onnx: bool = False  # ONNX Runtime (its own layout: channels_last does not apply)
+    int8: bool = False  # ... on the int8 export
 
     def engine(self) -> str:
-        return "ONNX Runtime" if self.onnx else "torch.compile" if self.compiled else "eager"
+        return ("ONNX Runtime int8" if self.int8 else "ONNX Runtime" if self.onnx
+                else "torch.compile" if self.compiled else "eager")
 
     def label(self) -> str:
         layout = "" if self.onnx else f", {'channels_last' if self.channels_last else 'contiguous'}"
@@ -92,31 +96,44 @@ def preprocess_seconds(images: list[bytes], spec, rounds: int = 3) -> float:
         return (time.perf_counter() - t0) / (rounds * len(images))
 
 
+def best_of(rows: list[dict], settings: list[Setting], pre: float) -> dict:
+    """The fastest setting, and one image end to end: its forward at that rate and its decoding,
+    done one after the other."""
+    best = max(range(len(rows)), key=lambda k: rows[k]["images_per_s"])
+    return {"best": rows[best], "best_setting": settings[best].label(),
+            "end_to_end_images_per_s": round(1 / (1 / rows[best]["images_per_s"] + pre), 1)}
+
+
 def sweep(ckpt_path: Path, images: list[bytes], batches=(1, 8, 32), threads=(1, 2), compiled=(False,),
-          seconds: float = 2.0, onnx: bool = True) -> dict:
+          seconds: float = 2.0, onnx: bool = True, int8: bool = False, data_dir: Path | None = None) -> dict:
+    """The sweep's rows, the fp32 limit and, with `int8`, the int8 export's own (calibrated on the
+    checkpoint's training images from `data_dir`, as the archive does)."""
     ckpt = checkpoint.load(ckpt_path)
     net, spec = checkpoint.build_net(ckpt), checkpoint.preprocess_spec(ckpt)
     x = torch.stack([bytes_to_tensor(b, spec) for b in images])
     settings = [Setting(b, t, last, c) for c in compiled for t in threads for last in (False, True) for b in batches]
     rows = [{**asdict(s), "images_per_s": round(forward_rate(net, x, s, seconds), 1)} for s in settings]
-    if onnx:
-        with tempfile.TemporaryDirectory(prefix="limit-onnx-") as tmp:
-            path, _ = export.export_checkpoint(ckpt, "onnx", Path(tmp))
-            ort = [Setting(b, t, False, onnx=True) for t in threads for b in batches]
-            rows += [{**asdict(s), "images_per_s": round(onnx_rate(path, x, s, seconds), 1)} for s in ort]
-            settings += ort
-    best = max(range(len(rows)), key=lambda k: rows[k]["images_per_s"])
+    int8_rows: list[dict] = []
+    int8_settings: list[Setting] = []
+    with tempfile.TemporaryDirectory(prefix="limit-onnx-") as tmp:
+        for fmt, wanted, out_rows, out_settings in (("onnx", onnx, rows, settings),
+                                                    ("onnx-int8", int8, int8_rows, int8_settings)):
+            if not wanted:
+                continue
+            path, _ = export.export_checkpoint(ckpt, fmt, Path(tmp) / fmt, data_dir=data_dir)
+            ort = [Setting(b, t, False, onnx=True, int8=fmt == "onnx-int8") for t in threads for b in batches]
+            out_rows += [{**asdict(s), "images_per_s": round(onnx_rate(path, x, s, seconds), 1)} for s in ort]
+            out_settings += ort
     pre = preprocess_seconds(images, spec)
-    return {"rows": rows, "best": rows[best], "best_setting": settings[best].label(),
-            "preprocess_ms": round(pre * 1e3, 3),
-            # one image: its forward at the best rate and its decoding, done one after the other
-            "end_to_end_images_per_s": round(1 / (1 / rows[best]["images_per_s"] + pre), 1)}
+    return {"rows": rows + int8_rows, "preprocess_ms": round(pre * 1e3, 3), **best_of(rows, settings, pre),
+            **({"int8": best_of(int8_rows, int8_settings, pre)} if int8_rows else {})}
 
 
 def table(result: dict) -> list[str]:
     """The sweep as Markdown table lines (here and in the bench report)."""
     def engine(r: dict) -> str:
-        return Setting(**{k: r.get(k, False) for k in ("batch", "threads", "channels_last", "compiled", "onnx")}).engine()
+        return Setting(**{k: r.get(k, False) for k in ("batch", "threads", "channels_last", "compiled", "onnx",
+                                                         "int8")}).engine()
 
     return ["| engine | batch | threads | memory format | images/s (forward) |", "| --- | --- | --- | --- | --- |",
             *(f"| {engine(r)} | {r['batch']} | {r['threads']} | "
@@ -128,8 +145,12 @@ def markdown(name: str, what: str, result: dict) -> str:
     lines = [f"## The limit: {name}", "", what, "", *table(result)]
     lines += ["", f"Best: {result['best']['images_per_s']} images/s ({result['best_setting']}). Decoding and "
               f"preprocessing one image: {result['preprocess_ms']} ms on one thread; one after the other, "
-              f"{result['end_to_end_images_per_s']} images/s end to end.", ""]
-    return "\n".join(lines)
+              f"{result['end_to_end_images_per_s']} images/s end to end."]
+    if "int8" in result:
+        q = result["int8"]
+        lines += ["", f"int8 (its own limit: it answers differently): best {q['best']['images_per_s']} images/s "
+                  f"({q['best_setting']}), {q['end_to_end_images_per_s']} images/s end to end."]
+    return "\n".join(lines + [""])
 
 
 def main(argv=None) -> int:
@@ -141,6 +162,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--compile", action="store_true", help="also measure each setting under torch.compile")
     p.add_argument("--no-onnx", dest="onnx", action="store_false", help="leave out ONNX Runtime")
+    p.add_argument("--int8", action="store_true", help="also sweep the int8 export (its own limit)")
     p.add_argument("--seconds", type=float, default=2.0, help="measured seconds per setting")
     p.add_argument("--out", type=Path, default=Path("docs/bench"))
     args = p.parse_args(argv)
@@ -155,7 +177,7 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
         result = sweep(ckpt, model.images(args.data_dir, 32), args.batches, args.threads,
-                       (False, True) if args.compile else (False,), args.seconds, args.onnx)
+                       (False, True) if args.compile else (False,), args.seconds, args.onnx, args.int8, args.data_dir)
     result |= {"model": args.bench_model, "what": model.what, "machine": machine.describe(),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "command": " ".join(["python -m scripts.harness.bench.limit", *(argv if argv is not None else sys.argv[1:])])}

@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 from model import checkpoint, data, imagenet, nets
+from model.quantize import PHOTOS
 from scripts.serve.settings import DEFAULT_MODEL
 
 PHOTO_SIZE = (320, 240)
-PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry")
 
 
 def fashion_mnist_images(data_dir: Path, n: int) -> list[bytes]:

@@ -21,6 +21,11 @@ LIMIT_SHARE = 0.8  # the best served path at concurrency 8, as a share of the in
 # ... for the real-size models: the default CNN's forward takes well under a millisecond, so its
 # limit is the batched forward alone and no server comes near it (reported, not a target)
 LIMIT_TARGET_MODELS = ("imagenet", "resnet50")
+INT8 = "-int8"  # the int8 archive's targets: measured against the int8 limit, never the fp32 one
+
+
+def is_int8(target: str) -> bool:
+    return target.endswith(INT8)
 
 
 @dataclass(frozen=True)
@@ -37,14 +42,15 @@ class Target:
 # The CPU targets per model. The default CNN: throughput at concurrency 8, TorchServe's at 1, and
 # the p50 the runtime adds; its ONNX archive: ONNX Runtime in-process 1.5× the eager pipeline, and the KServe-native
 # runtime on it 2.5× the FastAPI app. The real-size models: at least the FastAPI app at 1 and 8
-# clients, 1.5× at 8 (eager and ONNX archives alike), and the best served path close to the
-# machine's in-process limit.
+# clients, 1.5× at 8 (eager, ONNX and int8 archives alike), and the best served path close to the
+# machine's in-process limit (fp32 and int8 each against their own).
 THROUGHPUT_TARGETS = {
     "fashion-mnist": [Target("kserve-rest", 1.0), Target("kserve-rest", 1.0, against=BASELINE_1T),
                       Target("torchserve-rest", 0.5), Target("torchserve-rest", 0.5, against=BASELINE_1T),
                       Target("torchserve-rest", 0.5, 1),  # a lone client: no batch delay to wait out
                       Target("in-process-onnx", 1.5, 1, against=INPROCESS), Target("kserve-rest-onnx", 2.5)],
-    **{m: [check for t, ts in (("kserve-rest", "torchserve-rest"), ("kserve-rest-onnx", "torchserve-rest-onnx"))
+    **{m: [check for t, ts in (("kserve-rest", "torchserve-rest"), ("kserve-rest-onnx", "torchserve-rest-onnx"),
+                               ("kserve-rest-int8", "torchserve-rest-int8"))
            for check in (Target(t, 1.0, 1), Target(t, 1.5), Target(ts, 1.0))]
        for m in ("imagenet", "resnet50")},
 }
@@ -67,8 +73,9 @@ def add_ratios(points: list[dict], limit: dict | None = None) -> None:
             p[key] = round(p["throughput_rps"] / base["throughput_rps"], 3) if base and base["throughput_rps"] else None
         p["x_inprocess"] = round(p["throughput_rps"] / inproc["throughput_rps"], 3) if inproc and inproc["throughput_rps"] else None
         p["p50_added_ms"] = round(p["p50_ms"] - inproc["p50_ms"], 3) if inproc else None
-        if limit:
-            p["x_limit"] = round(p["throughput_rps"] / limit["end_to_end_images_per_s"], 3)
+        own = (limit or {}).get("int8") if is_int8(p["target"]) else limit
+        if own:
+            p["x_limit"] = round(p["throughput_rps"] / own["end_to_end_images_per_s"], 3)
 
 
 def spread_verdict(p: dict, base: dict, minimum: float) -> str:
@@ -102,14 +109,15 @@ def verdicts(points: list[dict], bench_model: str = "fashion-mnist") -> list[dic
         met = got is not None and got <= limit
         out.append({"check": f"{target} p50 added over in-process ≤ {limit} ms at concurrency 1",
                     "value": got, "met": met, "verdict": "MET" if met else "MISS"})
-    served = [p for p in points if p["concurrency"] == TARGET_CONCURRENCY and p.get("x_limit") is not None
-              and p["target"] not in (BASELINE, BASELINE_1T, INPROCESS)]
-    if served and bench_model in LIMIT_TARGET_MODELS:
-        best = max(served, key=lambda p: p["x_limit"])
-        met = best["x_limit"] >= LIMIT_SHARE
-        out.append({"check": f"best served path ({best['target']}) ≥ {LIMIT_SHARE}× the in-process limit at "
-                             f"concurrency {TARGET_CONCURRENCY}", "value": best["x_limit"], "met": met,
-                    "verdict": "MET" if met else "MISS"})
+    for int8, what in ((False, "the in-process limit"), (True, "the int8 in-process limit")):
+        served = [p for p in points if p["concurrency"] == TARGET_CONCURRENCY and p.get("x_limit") is not None
+                  and p["target"] not in (BASELINE, BASELINE_1T, INPROCESS) and is_int8(p["target"]) == int8]
+        if served and bench_model in LIMIT_TARGET_MODELS:
+            best = max(served, key=lambda p: p["x_limit"])
+            met = best["x_limit"] >= LIMIT_SHARE
+            out.append({"check": f"best served path ({best['target']}) ≥ {LIMIT_SHARE}× {what} at "
+                                 f"concurrency {TARGET_CONCURRENCY}", "value": best["x_limit"], "met": met,
+                        "verdict": "MET" if met else "MISS"})
     return out
 
 
@@ -143,6 +151,8 @@ def markdown(results: dict) -> str:
                if results.get("serving_policy") else []),
              *(["- the ONNX archive's serving policy (the `-onnx` targets): " + policy_text(results["onnx_serving_policy"])]
                if results.get("onnx_serving_policy") else []),
+             *(["- the int8 archive's serving policy (the `-int8` targets): " + policy_text(results["int8_serving_policy"])]
+               if results.get("int8_serving_policy") else []),
              f"- servers: {results['servers']}", ""]
     lines += ["## Targets (CPU)", "", "| check | measured | verdict |", "| --- | --- | --- |"]
     lines += [f"| {v['check']} | {fmt(v['value'], 2)} | {v.get('verdict', 'MET' if v['met'] else 'MISS')} |"
@@ -166,6 +176,10 @@ def markdown(results: dict) -> str:
         lines += ["", f"Best {fmt(limit['best']['images_per_s'])} images/s ({limit['best_setting']}); decoding and "
                   f"preprocessing {fmt(limit['preprocess_ms'], 2)} ms per image on one thread: "
                   f"{fmt(limit['end_to_end_images_per_s'])} images/s end to end, the × limit column's base."]
+        if limit.get("int8"):
+            q = limit["int8"]
+            lines += ["", f"int8 (the `-int8` targets' base): best {fmt(q['best']['images_per_s'])} images/s "
+                      f"({q['best_setting']}), {fmt(q['end_to_end_images_per_s'])} images/s end to end."]
     if results.get("inprocess_batches"):
         lines += ["", "## In-process batches (the handler's `predict` on N images at once)", "",
                   "| batch | images/s | ms per batch (p50) |", "| --- | --- | --- |"]
@@ -202,6 +216,9 @@ def plot(results: dict, path: Path) -> Path:
     if results.get("limit"):
         ax1.axhline(results["limit"]["end_to_end_images_per_s"], color="black", linestyle="-.",
                     label="in-process limit (end to end)")
+        if results["limit"].get("int8"):
+            ax1.axhline(results["limit"]["int8"]["end_to_end_images_per_s"], color="dimgray", linestyle=(0, (1, 3)),
+                        label="int8 in-process limit (end to end)")
     ax1.set_ylabel("requests / s (correct answers)")
     ax1.set_title("Throughput")
     ax2.set_ylabel("latency ms (solid p50, dotted p99)")
