@@ -35,7 +35,7 @@ from scripts.serve.settings import DEFAULT_MODEL, KSERVE_MODEL_MOUNT, FrontendSe
 
 log = logging.getLogger("archive")
 DEFAULT_VERSION = "1.0"
-POLICIES = {"light": policy.LIGHT, "heavy": policy.HEAVY, "parallel": policy.PARALLEL}
+POLICIES = {"light": policy.LIGHT, "heavy": policy.HEAVY, "parallel": policy.PARALLEL, "batched": policy.BATCHED}
 REPO = Path(__file__).resolve().parents[2]
 HANDLERS_DIR = REPO / "handlers"
 HANDLER_ENTRY = HANDLERS_DIR / "torchserve_handler.py"

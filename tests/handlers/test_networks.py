@@ -22,7 +22,7 @@ def net() -> torch.nn.Module:
     return nets.build("small_cnn", **KWARGS).eval()
 
 
-def staged(net, fmt: str, directory):
+def staged(net, fmt: str, directory, calibration: torch.Tensor | None = None):
     """A model directory as an unpacked archive holds it, in `fmt`."""
     spec = ModelSpec(name="m", version="1", labels=tuple("abcd"), preprocess=PRE, format=fmt,
                      arch=ArchSpec(module="small_cnn", cls="SmallCNN", kwargs=KWARGS))
@@ -30,7 +30,7 @@ def staged(net, fmt: str, directory):
         torch.save(net.state_dict(), directory / spec.network_file)
         (directory / "small_cnn.py").write_text(nets.ARCHS["small_cnn"].file.read_text())
     else:
-        export.export_network(net, PRE, fmt, directory / spec.network_file)
+        export.export_network(net, PRE, fmt, directory / spec.network_file, calibration)
     return spec
 
 
@@ -43,6 +43,21 @@ def test_every_format_loads_to_the_same_logits_for_any_batch_size(net, fmt, tmp_
         x = torch.randn(n, 1, 28, 28)
         with torch.inference_mode():
             assert torch.allclose(loaded(x), net(x), atol=1e-5)
+
+
+def test_an_int8_archive_loads_into_onnx_runtime_with_answers_independent_of_the_batch(net, tmp_path):
+    """int8's activation scales are fixed at calibration: an image gets the same logits alone or
+    in any batch (the runtimes batch requests), close to the fp32 network's."""
+    calibration = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    spec = staged(net, "onnx-int8", tmp_path, calibration)
+    loaded = load_network(tmp_path, spec, InferenceOptions(device="cpu").resolve(spec.serving))
+    assert isinstance(loaded, OnnxNetwork) and spec.network_file == "model.int8.onnx"
+    x = calibration[:17]
+    with torch.inference_mode():
+        batched = loaded(x)
+        alone = torch.cat([loaded(x[i:i + 1]) for i in range(len(x))])
+        assert torch.allclose(batched, alone, atol=1e-5)
+        assert torch.allclose(torch.softmax(batched, 1), torch.softmax(net(x), 1), atol=export.INT8_TOLERANCE)
 
 
 def test_an_onnx_session_takes_the_resolved_thread_count(net, tmp_path):

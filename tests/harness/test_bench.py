@@ -123,8 +123,9 @@ def test_a_short_run_through_every_path(trained, data_dir, tmp_path):
     results = json.loads((out / "bench.json").read_text())
     got = {(p["target"], p["concurrency"]) for p in results["points"]}
     servers = ("fastapi-baseline", "fastapi-1-thread", "kserve-rest", "kserve-grpc", "torchserve-rest", "torchserve-grpc",
-               "kserve-rest-onnx", "kserve-grpc-onnx", "torchserve-rest-onnx")
-    assert got == {("in-process", 1), ("in-process-onnx", 1)} | {(t, c) for t in servers for c in (1, 4)}
+               "kserve-rest-onnx", "kserve-grpc-onnx", "torchserve-rest-onnx", "kserve-rest-int8", "torchserve-rest-int8")
+    assert got == {("in-process", 1), ("in-process-onnx", 1), ("in-process-int8", 1)} | \
+        {(t, c) for t in servers for c in (1, 4)}
     for p in results["points"]:
         assert p["errors"] == 0 and p["wrong"] == 0, p
         assert p["requests"] > 0 and p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"], p
@@ -140,6 +141,9 @@ def test_a_short_run_through_every_path(trained, data_dir, tmp_path):
     # each archive's own policy: the ONNX one is chosen for its format (scripts/serve/policy.py)
     assert results["onnx_serving_policy"] and "- the eager archive's serving policy" in md
     assert "- the ONNX archive's serving policy (the `-onnx` targets)" in md
+    assert results["int8_serving_policy"] and "- the int8 archive's serving policy (the `-int8` targets)" in md
+    # the int8 archive's answers are its own: how many differ from fp32's is said, not counted wrong
+    assert any(n.startswith("int8: top-1 differs from the fp32 handler's on ") for n in results["notes"])
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

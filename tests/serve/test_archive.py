@@ -27,7 +27,8 @@ def test_mar_holds_exactly_what_serving_needs(unpacked_mar, manifest):
                                  "handler": "torchserve_handler.py", "modelVersion": "1.0"}
 
 
-@pytest.mark.parametrize("fmt, network", [("onnx", "model.onnx"), ("torchscript", "model.torchscript.pt")])
+@pytest.mark.parametrize("fmt, network", [("onnx", "model.onnx"), ("torchscript", "model.torchscript.pt"),
+                                          ("onnx-int8", "model.int8.onnx")])
 def test_an_exported_archive_holds_the_exported_network_and_no_python_class(trained, tmp_path, fmt, network):
     mar, _ = archive.archive(trained, tmp_path, "exported", fmt=fmt)
     with zipfile.ZipFile(mar) as z:

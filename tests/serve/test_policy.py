@@ -30,13 +30,19 @@ def test_flops_are_counted_not_timed():
 
 
 def test_an_onnx_archive_of_a_mid_size_model_runs_single_thread_passes_side_by_side():
-    """EfficientNet-Lite0 (0.77 GFLOPs) as ONNX: two one-thread passes (parallel); as eager, and
-    ResNet-50 (8.2 GFLOPs) in either format: one pass on every CPU (heavy); light stays light."""
+    """EfficientNet-Lite0 (0.77 GFLOPs) as ONNX or int8: two one-thread passes (parallel); as eager
+    one pass on every CPU (heavy); ResNet-50 (8.2 GFLOPs) one pass on every CPU, batched when ONNX
+    Runtime runs it; ONNX passes take up to 8 queued images; light stays light."""
     lite = net("efficientnet_lite", RGB_224, 1000)
     chosen, why = policy.choose(lite, RGB_224, "onnx")
-    assert chosen == policy.PARALLEL and "single-thread passes side by side" in why
-    assert (chosen.workers, chosen.batch_size, chosen.torch_threads) == (2, 1, 1)
+    assert chosen == policy.PARALLEL and "single-thread passes side by side, up to 8 queued images each" in why
+    assert (chosen.workers, chosen.batch_size, chosen.max_batch_delay_ms, chosen.torch_threads) == (2, 8, 0, 1)
     assert policy.choose(lite, RGB_224, "eager")[0] == policy.HEAVY
     assert policy.choose(lite, RGB_224, "torchscript")[0] == policy.HEAVY
-    assert policy.choose(net("resnet50", RGB_224, 1000), RGB_224, "onnx")[0] == policy.HEAVY
+    assert policy.choose(lite, RGB_224, "onnx-int8")[0] == policy.PARALLEL  # int8 runs in ONNX Runtime too
+    resnet, why = policy.choose(net("resnet50", RGB_224, 1000), RGB_224, "onnx")
+    assert resnet == policy.BATCHED and "one pass on every CPU, up to 8 queued images" in why
+    assert (resnet.workers, resnet.batch_size, resnet.max_batch_delay_ms, resnet.torch_threads) == (1, 8, 0, 0)
+    assert policy.choose(net("resnet50", RGB_224, 1000), RGB_224, "onnx-int8")[0] == policy.BATCHED
+    assert policy.choose(net("resnet50", RGB_224, 1000), RGB_224, "eager")[0] == policy.HEAVY
     assert policy.choose(net("small_cnn", GRAY_28, 10), GRAY_28, "onnx")[0] == policy.LIGHT
