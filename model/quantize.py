@@ -5,8 +5,9 @@ Static, not dynamic: ONNX Runtime's dynamic quantization covers MatMul and Gemm 
 convolutions would stay fp32. Static quantization stores QuantizeLinear/DequantizeLinear pairs
 (QDQ) around each convolution and matmul: weights int8 per output channel, activations uint8 with
 ranges calibrated on real images preprocessed as served. ONNX Runtime then runs the convolutions
-in int8 (VNNI on the AVX-512 CPUs here). Measured on the 2-core machine here (docs/bench):
-ResNet-50 79 against 26 images/s, EfficientNet-Lite0 313 against 164, one image per pass.
+in int8 (VNNI on the AVX-512 CPUs here). Measured on the 2-core machine here (the limit sweeps in
+docs/bench/bench-{resnet50,imagenet}.md, two threads, one image per pass): ResNet-50 79 against
+24 images/s, EfficientNet-Lite0 348 against 153.
 
 Calibration images: the checkpoint's own training images when its dataset is in the data
 directory, otherwise scikit-image's real photos (the pretrained ImageNet models: no ImageNet copy
