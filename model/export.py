@@ -157,7 +157,8 @@ def export_checkpoint(ckpt: dict, fmt: str, out: Path, images: torch.Tensor | No
                       data_dir: Path | None = None,
                       labelled: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[Path, dict]:
     """Export, check, and describe: returns the network file and export.json's content. int8
-    calibrates on the checkpoint's training images from `data_dir` (else real photos);
+    calibrates on the checkpoint's training images from `data_dir` (else real photos) and is
+    checked on its test images from there (all of them, unless `labelled` gives others);
     `labelled` test images add the accuracy of both."""
     net = checkpoint.build_net(ckpt)
     spec = checkpoint.preprocess_spec(ckpt)
@@ -169,6 +170,9 @@ def export_checkpoint(ckpt: dict, fmt: str, out: Path, images: torch.Tensor | No
         # random inputs check an fp32 export anywhere; int8 is calibrated for real images only
         images = example_input(spec, 4) if fmt in EXACT_FORMATS else real_check_images(ckpt, spec, data_dir)
     checked = check_parity(net, path, fmt, images)
+    if labelled is None and fmt not in EXACT_FORMATS:
+        # int8's accuracy gate wherever the checkpoint's labelled test images are (the archive too)
+        labelled = quantize.own_images(ckpt, spec, data_dir, train=False)
     info = {"format": fmt, "file": path.name, "arch": ckpt["arch"], "labels": list(ckpt["labels"]),
             "preprocess": spec.to_dict(), "parity": checked, "torch": torch.__version__,
             **({"opset": OPSET} if fmt != "torchscript" else {}),

@@ -89,6 +89,10 @@ def stage(spec: ModelSpec, ckpt: dict, net_file: Path, staging: Path,
         network, info = export.export_checkpoint(ckpt, spec.format, staging / "export", data_dir=data_dir)
         if "calibration" in info:
             log.info("%s: int8 calibrated on %s", spec.name, info["calibration"])
+        if "accuracy" in info:
+            log.info("%s: top-1 accuracy on %d labelled test images: eager %.2f%%, %s %.2f%%", spec.name,
+                     info["accuracy"]["images"], 100 * info["accuracy"]["eager"], spec.format,
+                     100 * info["accuracy"]["exported"])
     extra = staging / "extra"
     (extra / "handlers").mkdir(parents=True)
     for src in sorted(HANDLERS_DIR.glob("*.py")):

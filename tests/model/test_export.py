@@ -147,3 +147,17 @@ def test_an_int8_export_that_loses_accuracy_is_refused(trained, data_dir, tmp_pa
         export.check_accuracy(net, path, "onnx-int8", (images, labels))
     with pytest.raises(export.ExportError, match="the onnx-int8 export differs from the eager network"):
         export.check_parity(net, path, "onnx-int8", images[:64])
+
+
+@pytest.mark.integration
+def test_an_int8_archive_export_checks_its_accuracy_on_every_labelled_test_image_here(trained, data_dir, tmp_path):
+    """What the archive step calls: with the data directory, int8 is calibrated on training images
+    and gated on all the test images found there; without it, on real photos and no labels."""
+    from model import checkpoint
+
+    ckpt = checkpoint.load(trained)
+    _, info = export.export_checkpoint(ckpt, "onnx-int8", tmp_path / "with", data_dir=data_dir)
+    assert info["calibration"] == "128 fashion-mnist training images"
+    assert info["accuracy"]["images"] == 10_000 and abs(info["accuracy"]["change_pp"]) <= 1
+    _, info = export.export_checkpoint(ckpt, "onnx-int8", tmp_path / "without")
+    assert info["calibration"].startswith("6 scikit-image photos") and "accuracy" not in info
