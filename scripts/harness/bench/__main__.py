@@ -46,7 +46,7 @@ TARGETS = ("in-process", "fastapi-baseline", "fastapi-1-thread", "kserve-rest", 
            "torchserve-grpc", "in-process-onnx", "kserve-rest-onnx", "kserve-grpc-onnx", "torchserve-rest-onnx",
            "in-process-int8", "kserve-rest-int8", "torchserve-rest-int8")
 ONNX = "-onnx"  # the suffix of the targets (and the served name) of the ONNX archive
-INT8 = "-int8"  # ... and of its int8 form; its answers are checked against its own in-process ones
+INT8 = report.INT8  # ... and of its int8 form; its answers are checked against its own in-process ones
 
 
 def inprocess_batches(classifier, images: list[bytes], sizes: list[int], seconds: float) -> list[dict]:
@@ -126,20 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[str] = []
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     # each archive's in-process work on its own thread, as the runtime gives each model its own
-    torch_thread, onnx_thread, int8_thread = (ThreadPoolExecutor(1, thread_name_prefix=n) for n in ("torch", "onnx", "int8"))
+    executors = [ThreadPoolExecutor(1, thread_name_prefix=n) for n in ("torch", "onnx", "int8")]
     started = time.time()
     load_average = {"start": [round(x, 2) for x in os.getloadavg()]}
     try:
         # Every torch call of this process on one thread: torch's OpenMP pool belongs to the thread
         # that runs a parallel op, and a second pool throttles the first (scripts/runtime/batching.py)
-        def on_torch(fn, *args, **kwargs):
-            return torch_thread.submit(fn, *args, **kwargs).result()
+        def runner(executor: ThreadPoolExecutor):
+            return lambda fn, *args, **kwargs: executor.submit(fn, *args, **kwargs).result()
 
-        def on_onnx(fn, *args, **kwargs):
-            return onnx_thread.submit(fn, *args, **kwargs).result()
-
-        def on_int8(fn, *args, **kwargs):
-            return int8_thread.submit(fn, *args, **kwargs).result()
+        on_torch, on_onnx, on_int8 = map(runner, executors)
         images = on_torch(model.images, args.data_dir, args.images)
         checkpoint = on_torch(model.make_checkpoint, work) if model.make_checkpoint else args.checkpoint
         store = work / "store"
@@ -152,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             onnx_mar, _ = on_torch(archive.archive, checkpoint, store, name + ONNX, fmt="onnx")
             onnx_serving = read_spec(onnx_mar).serving
             onnx_classifier = on_onnx(targets.load_inprocess, onnx_mar, work / "unpacked-onnx")
-        int8 = any(t.endswith(INT8) for t in args.targets)
+        int8 = any(map(report.is_int8, args.targets))
         if int8:
             int8_mar, _ = on_torch(archive.archive, checkpoint, store, name + INT8, fmt="onnx-int8",
                                    data_dir=args.data_dir)
@@ -257,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                                            f"answers: {point.get('first_error', '')}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        for thread in (torch_thread, onnx_thread, int8_thread):
-            thread.shutdown()
+        for executor in executors:
+            executor.shutdown()
     load_average["end"] = [round(x, 2) for x in os.getloadavg()]
 
     points = [aggregate(rs) for rs in rounds.values()]
